@@ -1,0 +1,124 @@
+"""Benchmark of batch inference: do decoding and the model overlap?
+
+    python bench/infer.py [--clips-per-class 9] [--duration 3] [--device auto|cpu|cuda]
+        [--workers N] [--batch-size 16] [--config configs/demo.yaml] [key=value ...]
+
+Generates MELD-like clips (1280x720, H.264/AAC, ``--duration`` seconds; the test split of
+``pipeline.sample``, whose CSV gives the transcripts), builds the model of the config
+(``configs/demo.yaml`` when it exists, else the defaults: the packaged MiniLM, VGGish,
+ResNet-18; untrained, as speed does not depend on the weights) and saves it as a checkpoint
+the way training does. Then, with one warm pool of decoding workers, it measures
+
+- decoding alone: ``extract_features`` of every clip through the workers, nothing else;
+- the model alone: batching, collating and the forward pass over the pre-decoded clips;
+- end to end: ``pipeline.infer.run``, which overlaps the two;
+
+and prints the seconds per clip of each stage, the end-to-end clips/s, and its ratio to
+the slowest stage's rate (the target is >= 0.85: the pipeline runs at the pace of its
+bottleneck). On the CPU the cores are split as ``pipeline.infer`` splits them: ``--workers``
+decode and the model gets the rest as torch threads, in every measurement.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import tempfile
+import time
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from pipeline import infer, sample
+from pipeline.config import load_config, to_dict
+from pipeline.distributed import pick_device, save_on_main
+from pipeline.labels import label_vocab
+from pipeline.meld import CLIP_DIRS, CSV_NAMES
+from pipeline.model import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, build_model
+
+DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+
+
+def save_checkpoint(config: str | None, overrides: Sequence[str], path: Path) -> dict:
+    """An untrained model of the config saved in the training checkpoint format; returns it."""
+    cfg = load_config(config, overrides)
+    model = build_model(cfg, load_weights=False)  # nothing to download; weights do not change speed
+    checkpoint = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "model": model.state_dict(),
+                  "optimizer": None, "scheduler": None, "scaler": None, "epoch": 0, "best_metric": math.nan,
+                  "config": to_dict(cfg), "preprocess": to_dict(cfg.preprocess), "labels": label_vocab(),
+                  "metrics": []}
+    save_on_main(checkpoint, path)
+    return checkpoint
+
+
+def timed(function, *args) -> tuple[float, object]:
+    start = time.perf_counter()
+    result = function(*args)
+    return time.perf_counter() - start, result
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--clips-per-class", type=int, default=9,
+                        help="sample.generate's setting; the test split gets a third of it per emotion")
+    parser.add_argument("--duration", type=float, default=3.0, help="seconds per clip")
+    parser.add_argument("--width", type=int, default=1280)
+    parser.add_argument("--height", type=int, default=720)
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--workers", type=int, default=None, help="decoding processes (default as pipeline.infer)")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--config", default=str(DEMO_CONFIG) if DEMO_CONFIG.is_file() else None)
+    parser.add_argument("--dir", type=Path, default=None, help="working folder (default: a temporary one)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    device = pick_device(args.device)
+    workers = infer.default_workers(device) if args.workers is None else args.workers
+    if device.type == "cpu":
+        torch.set_num_threads(infer.model_threads(workers))
+    with tempfile.TemporaryDirectory(prefix="bench_infer_") as scratch:
+        work = args.dir or Path(scratch)
+        seconds, _ = timed(lambda: sample.generate(
+            work / "MELD.Raw", args.clips_per_class, splits=("test",), width=args.width, height=args.height,
+            duration_range=(args.duration, args.duration), overwrite=True))
+        clip_dir = work / "MELD.Raw" / CLIP_DIRS["test"]
+        checkpoint = save_checkpoint(args.config, args.overrides, work / "bench.pt")
+        context_turns = checkpoint["preprocess"]["text"]["context_turns"]
+        transcripts = infer.read_transcripts(work / "MELD.Raw" / CSV_NAMES["test"], context_turns)
+        jobs = infer.make_jobs(infer.list_clips(str(clip_dir)), transcripts)
+        predictor = infer.Predictor(checkpoint, device)
+        lookahead = infer.default_lookahead(args.batch_size, workers)
+        with infer.DecodePool(predictor.preprocess, workers, lookahead) as pool:
+            warm = list(pool.imap(jobs[: max(1, workers)]))  # workers started, tokenizers loaded
+            predictor.rows(warm)  # first-call costs (allocations, kernel selection) paid here
+            decode_s, decoded = timed(lambda: list(pool.imap(jobs)))
+            groups = list(infer.batches(decoded, args.batch_size))
+            model_s, _ = timed(lambda: [predictor.rows(group) for group in groups])
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            end_to_end_s, summary = timed(infer.run, predictor, jobs, pool, work / "predictions.jsonl",
+                                          args.batch_size)
+
+    n = len(jobs)
+    rates = {"decoding": n / decode_s, "model": n / model_s}
+    slowest = min(rates, key=rates.get)
+    end_to_end = n / end_to_end_s
+    result = {"clips": n, "ok": summary["ok"], "device": str(device), "workers": workers,
+              "model_threads": torch.get_num_threads() if device.type == "cpu" else None,
+              "decode_s_per_clip": decode_s / n, "model_s_per_clip": model_s / n,
+              "end_to_end_clips_per_s": end_to_end, "slowest_stage": slowest,
+              "ratio": end_to_end / rates[slowest]}
+    print(f"{n} clips {args.width}x{args.height}, {args.duration:g} s (generated in {seconds:.1f} s); device "
+          f"{device}; {workers} decoding workers"
+          + (f", model on {result['model_threads']} torch threads" if device.type == "cpu" else ""))
+    print(f"  decoding alone : {decode_s / n * 1000:8.1f} ms/clip  ({rates['decoding']:.2f} clips/s)")
+    print(f"  model alone    : {model_s / n * 1000:8.1f} ms/clip  ({rates['model']:.2f} clips/s)")
+    print(f"  end to end     : {end_to_end_s / n * 1000:8.1f} ms/clip  ({end_to_end:.2f} clips/s)")
+    print(f"  end to end / slowest stage ({slowest}): {result['ratio']:.2f}  (target >= 0.85)")
+    return result
+
+
+if __name__ == "__main__":
+    main()

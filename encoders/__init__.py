@@ -1,0 +1,33 @@
+"""Modality encoders: text (Hugging Face), audio (VGGish-style CNN), video (ResNet per frame).
+
+A leaf package: it never imports ``pipeline`` or ``fusion``. ``ENCODERS`` maps a config
+``type:`` to a class with a ``Config`` dataclass; ``build(section)`` makes one.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+from torch import nn
+
+ENCODERS: dict[str, type[nn.Module]] = {}
+
+
+def register(name: str) -> Callable[[type], type]:
+    """Class decorator: make ``cls`` buildable as ``type: name``."""
+    def add(cls: type) -> type:
+        ENCODERS[name] = cls
+        return cls
+    return add
+
+
+def build(section: Mapping[str, Any], load_weights: bool = True) -> nn.Module:
+    """Build the encoder of a config section ``{"type": name, **fields}``.
+
+    ``load_weights=False`` skips reading pretrained weight files (when a checkpoint's
+    state dict is about to replace them)."""
+    fields = dict(section)
+    cls = ENCODERS[fields.pop("type")]
+    return cls(cls.Config(**fields), load_weights=load_weights)
+
+
+from encoders import audio, text, video  # noqa: E402,F401  (registers the encoders)

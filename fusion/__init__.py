@@ -1,0 +1,42 @@
+"""Fusion modules (concat, attention) and output heads (classification, regression, gated, moe).
+
+A leaf package: it never imports ``pipeline`` or ``encoders``. ``FUSIONS`` and ``HEADS`` map
+a config ``type:`` to a class with a ``Config`` dataclass.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+from torch import nn
+
+FUSIONS: dict[str, type[nn.Module]] = {}
+HEADS: dict[str, type[nn.Module]] = {}
+
+
+def register(registry: dict[str, type], name: str) -> Callable[[type], type]:
+    """Class decorator: make ``cls`` buildable from ``registry`` as ``type: name``."""
+    def add(cls: type) -> type:
+        registry[name] = cls
+        return cls
+    return add
+
+
+def _split(section: Mapping[str, Any], registry: Mapping[str, type]) -> tuple[type, Any]:
+    fields = dict(section)
+    cls = registry[fields.pop("type")]
+    return cls, cls.Config(**fields)
+
+
+def build_fusion(section: Mapping[str, Any], dims: Mapping[str, int]) -> nn.Module:
+    """Fusion over modalities with pooled/sequence widths ``dims`` (modality -> dim)."""
+    cls, cfg = _split(section, FUSIONS)
+    return cls(dict(dims), cfg)
+
+
+def build_head(section: Mapping[str, Any], in_dim: int, outputs: Mapping[str, int]) -> nn.Module:
+    """Head from ``in_dim`` features to ``outputs`` (task -> size, e.g. emotion: 7)."""
+    cls, cfg = _split(section, HEADS)
+    return cls(in_dim, dict(outputs), cfg)
+
+
+from fusion import attention, concat, heads  # noqa: E402,F401  (registers the modules)

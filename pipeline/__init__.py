@@ -1,0 +1,1 @@
+"""MELD multimodal emotion recognition: preprocessing, data, training, inference."""

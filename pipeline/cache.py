@@ -1,0 +1,225 @@
+"""The on-disk feature cache: written once by preprocessing, read at random by many workers.
+
+Layout of ``OUT_DIR/<split>/``::
+
+    meta.json        {"format", "version", "split", "preprocess": {...}, "key": sha256}
+    ids.json         every id the split expects (CSV rows, then unlabelled clips), in order
+    items/<id>.npz   the arrays of an ok sample (np.savez, no pickles): input_ids int32[L],
+                     attention_mask int8[L], log_mel float32[T,n_mels], frames uint8[N,H,W,3]
+                     (only the present modalities' arrays)
+    status/<id>.json the manifest row of a finished id (ok or skipped, with its reason)
+    manifest.jsonl   all manifest rows in ids.json order, written once every id has a status
+
+Every file is written to a temporary name and renamed into place, and a sample's status is
+written after its arrays, so a killed run never leaves a half-written entry that a reader
+or a resumed run would take for a finished one. ``meta.json`` keys the cache by the
+preprocessing parameters: a run or reader with other parameters is refused. Shards of one
+run write into the same folder; whichever finishes last assembles ``manifest.jsonl``
+(``merge_split``), and until then ``CacheSplit`` reads the status records.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+
+FORMAT = "meld-feature-cache"
+VERSION = 1
+STALE_TMP_SECONDS = 3600.0  # a temporary file this old belongs to a run that was killed
+
+
+class CacheMismatchError(ValueError):
+    """A cache made with other preprocessing parameters (the message lists the differences)."""
+
+
+# --------------------------------------------------------------------------- parameters
+def params_key(preprocess: Mapping[str, Any]) -> str:
+    """sha256 of the canonical JSON of the preprocessing parameters (and the cache format)."""
+    canonical = json.dumps({"format": FORMAT, "version": VERSION, "preprocess": preprocess},
+                           sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"video": {"size": 224}} -> {"video.size": 224}."""
+    flat: dict[str, Any] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def param_differences(cached: Mapping[str, Any], wanted: Mapping[str, Any]) -> list[str]:
+    """One line "key: cache has X, wanted Y" per dotted key whose value differs."""
+    old, new = flatten(cached), flatten(wanted)
+
+    def shown(flat: dict[str, Any], key: str) -> str:
+        return repr(flat[key]) if key in flat else "(absent)"
+
+    return [f"{key}: cache has {shown(old, key)}, wanted {shown(new, key)}"
+            for key in sorted(set(old) | set(new))
+            if key not in old or key not in new or old[key] != new[key]]
+
+
+# --------------------------------------------------------------------------- atomic writes
+def write_atomic(path: Path, write: Callable[[Any], None]) -> None:
+    """Call ``write(file)`` on a temporary file next to ``path``, then rename it into place."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as file:
+            write(file)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, data: Any) -> None:
+    write_atomic(path, lambda file: file.write(json.dumps(data, ensure_ascii=False, indent=1).encode("utf-8")))
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+# --------------------------------------------------------------------------- writing
+def meta_for(split: str, preprocess: Mapping[str, Any]) -> dict[str, Any]:
+    return {"format": FORMAT, "version": VERSION, "split": split, "preprocess": dict(preprocess),
+            "key": params_key(preprocess)}
+
+
+def prepare_split(split_dir: str | Path, split: str, preprocess: Mapping[str, Any],
+                  ids: Sequence[str]) -> Path:
+    """Create (or reopen) a split folder for writing with these parameters and ids.
+
+    Raises CacheMismatchError when the folder holds a cache made with other parameters.
+    """
+    split_dir = Path(split_dir)
+    (split_dir / "items").mkdir(parents=True, exist_ok=True)
+    (split_dir / "status").mkdir(exist_ok=True)
+    meta_path = split_dir / "meta.json"
+    if meta_path.exists():
+        check_meta(read_json(meta_path), preprocess, split_dir)
+    else:
+        write_json(meta_path, meta_for(split, preprocess))
+    ids_path = split_dir / "ids.json"
+    if not ids_path.exists() or read_json(ids_path) != list(ids):
+        write_json(ids_path, list(ids))
+        (split_dir / "manifest.jsonl").unlink(missing_ok=True)  # it no longer lists every id
+    return split_dir
+
+
+def check_meta(meta: Mapping[str, Any], preprocess: Mapping[str, Any], split_dir: Path) -> None:
+    """Raise CacheMismatchError unless ``meta`` is this format with these parameters."""
+    if meta.get("format") != FORMAT or meta.get("version") != VERSION:
+        raise CacheMismatchError(f"{split_dir} holds format {meta.get('format')!r} version "
+                                 f"{meta.get('version')!r}, expected {FORMAT!r} version {VERSION}")
+    if meta.get("key") != params_key(preprocess):
+        differences = "\n  ".join(param_differences(meta.get("preprocess", {}), preprocess))
+        raise CacheMismatchError(
+            f"{split_dir} was made with other preprocessing parameters:\n  {differences}\n"
+            "Use another output folder, delete this one, or preprocess with its parameters.")
+
+
+def done_ids(split_dir: str | Path) -> set[str]:
+    """Ids that already have a status record (ok or skipped)."""
+    return {name[:-5] for name in os.listdir(Path(split_dir) / "status") if name.endswith(".json")}
+
+
+def write_entry(split_dir: str | Path, row: Mapping[str, Any],
+                arrays: Mapping[str, np.ndarray] | None = None) -> None:
+    """Store one finished id: its arrays (when ok), then its status record."""
+    split_dir = Path(split_dir)
+    if arrays:
+        write_atomic(split_dir / "items" / f"{row['id']}.npz", lambda file: np.savez(file, **arrays))
+    write_json(split_dir / "status" / f"{row['id']}.json", dict(row))
+
+
+def merge_split(split_dir: str | Path) -> list[str]:
+    """Write ``manifest.jsonl`` if every expected id has a status; return the ids still
+    missing (empty when the manifest was written). Also removes temporary files left by
+    killed runs."""
+    split_dir = Path(split_dir)
+    ids = read_json(split_dir / "ids.json")
+    done = done_ids(split_dir)
+    missing = [id_ for id_ in ids if id_ not in done]
+    if missing:
+        return missing
+    rows = (json.dumps(read_json(split_dir / "status" / f"{id_}.json"), ensure_ascii=False) + "\n"
+            for id_ in ids)
+    write_atomic(split_dir / "manifest.jsonl", lambda file: file.write("".join(rows).encode("utf-8")))
+    remove_stale_tmp(split_dir)
+    return []
+
+
+def remove_stale_tmp(split_dir: Path) -> None:
+    """Delete temporary files old enough to belong to killed runs, not running ones."""
+    cutoff = time.time() - STALE_TMP_SECONDS
+    for folder in (split_dir / "items", split_dir / "status"):
+        for tmp in folder.glob(".*.tmp"):
+            try:
+                if tmp.stat().st_mtime < cutoff:
+                    tmp.unlink()
+            except FileNotFoundError:
+                pass
+
+
+# --------------------------------------------------------------------------- reading
+class CacheSplit:
+    """Read access to one split of the cache.
+
+    ``meta``: the meta.json dict; ``rows``: every manifest row (ok and skipped), from
+    ``manifest.jsonl`` or, before the last shard has finished, from the status records;
+    ``records``: the rows with status "ok"; ``load(id)``: that sample's arrays.
+    """
+
+    def __init__(self, split_dir: str | Path) -> None:
+        self.split_dir = Path(split_dir)
+        meta_path = self.split_dir / "meta.json"
+        if not meta_path.is_file():
+            raise FileNotFoundError(f"{self.split_dir} is not a feature cache (no meta.json); "
+                                    "make one with scripts/preprocess_meld.sh")
+        self.meta: dict[str, Any] = read_json(meta_path)
+        if self.meta.get("format") != FORMAT or self.meta.get("version") != VERSION:
+            raise CacheMismatchError(f"{self.split_dir}: format {self.meta.get('format')!r} version "
+                                     f"{self.meta.get('version')!r} is not {FORMAT!r} version {VERSION}")
+        self.complete = (self.split_dir / "manifest.jsonl").is_file()
+        self.rows: list[dict[str, Any]] = list(self.read_rows())
+        self.records: list[dict[str, Any]] = [row for row in self.rows if row["status"] == "ok"]
+
+    @property
+    def preprocess(self) -> dict[str, Any]:
+        return self.meta["preprocess"]
+
+    def read_rows(self) -> Iterable[dict[str, Any]]:
+        if self.complete:
+            with open(self.split_dir / "manifest.jsonl", encoding="utf-8") as file:
+                yield from (json.loads(line) for line in file if line.strip())
+            return
+        done = done_ids(self.split_dir)
+        ids_path = self.split_dir / "ids.json"
+        order = read_json(ids_path) if ids_path.is_file() else sorted(done)
+        for id_ in order:
+            if id_ in done:
+                yield read_json(self.split_dir / "status" / f"{id_}.json")
+
+    def load(self, id_: str) -> dict[str, np.ndarray]:
+        """The arrays of sample ``id_`` (only its present modalities')."""
+        with np.load(self.split_dir / "items" / f"{id_}.npz", allow_pickle=False) as data:
+            return {name: data[name] for name in data.files}
+
+    def check_params(self, preprocess: Mapping[str, Any]) -> None:
+        """Raise CacheMismatchError, listing the differing keys, unless this cache was made
+        with ``preprocess`` (e.g. the parameters stored in a checkpoint)."""
+        check_meta(self.meta, preprocess, self.split_dir)
+
+    def __len__(self) -> int:
+        return len(self.records)

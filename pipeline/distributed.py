@@ -1,0 +1,125 @@
+"""Distributed training helpers for torchrun (after torchvision ``references/classification/utils.py``).
+
+A process started by ``torchrun`` finds ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK`` in its
+environment; a plain ``python -m pipeline.train`` finds none of them and runs as the single
+rank 0. The backend follows the device: NCCL on GPUs, gloo on CPU. A rank that fails makes
+the job fail: torchrun stops the other workers when one exits non-zero, and the finite
+process-group ``timeout`` ends a collective that waits on a rank that never arrives when
+launched some other way, so no job hangs.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import random
+from datetime import timedelta
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+log = logging.getLogger(__name__)
+
+
+def is_distributed() -> bool:
+    """True once this process has joined a process group of more than one rank."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def get_rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def get_world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def is_main_process() -> bool:
+    return get_rank() == 0
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; under torchrun each rank takes
+    the GPU of its ``LOCAL_RANK``."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"train.device={name} but no CUDA device is visible; use train.device=cpu")
+        if device.index is None:
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return device
+
+
+def init_distributed(device_name: str = "auto", timeout_minutes: float = 10.0) -> torch.device:
+    """Join the torchrun process group when there is one and return this rank's device.
+
+    ``set_device`` comes before ``init_process_group`` so NCCL binds each rank to its own GPU.
+    """
+    device = pick_device(device_name)
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        return device
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    dist.init_process_group(backend=backend, timeout=timedelta(minutes=timeout_minutes),
+                            device_id=device if device.type == "cuda" else None)
+    log.info("rank %d/%d joined (%s, device %s)", get_rank(), get_world_size(), backend, device)
+    return device
+
+
+def cleanup() -> None:
+    """Leave the process group (every rank, at the end of the job)."""
+    if is_distributed():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()
+
+
+def seed_everything(seed: int) -> int:
+    """Seed python, numpy and torch with ``seed + rank`` (nanoGPT): ranks draw different
+    augmentations, while model weights stay equal because DDP broadcasts rank 0's."""
+    rank_seed = seed + get_rank()
+    random.seed(rank_seed)
+    np.random.seed(rank_seed % 2**32)
+    torch.manual_seed(rank_seed)
+    return rank_seed
+
+
+def save_on_main(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` on rank 0 only, atomically (a killed job never leaves half a file)."""
+    if not is_main_process():
+        return
+    tmp = f"{os.fspath(path)}.tmp"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def all_gather_objects(obj: Any) -> list[Any]:
+    """Every rank's ``obj`` (picklable), in rank order; ``[obj]`` without a process group."""
+    if not is_distributed():
+        return [obj]
+    gathered: list[Any] = [None] * get_world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
+def reduce_mean(value: float, device: torch.device) -> float:
+    """Mean of a scalar over all ranks (e.g. the epoch's training loss)."""
+    if not is_distributed():
+        return value
+    tensor = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    return tensor.item() / get_world_size()
+
+
+def setup_logging() -> None:
+    """INFO on rank 0, WARNING elsewhere, so one rank speaks for the job."""
+    level = logging.INFO if int(os.environ.get("RANK", 0)) == 0 else logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        force=True)

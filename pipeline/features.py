@@ -1,0 +1,157 @@
+"""Features of one utterance, shared by preprocessing and inference (no train/serve skew).
+
+``extract_features(clip_path, text, pcfg, tokenizer)`` returns the arrays the cache stores:
+
+    input_ids       int32[L]          tokens of "Speaker: utterance" [+ dialogue context]
+    attention_mask  int8[L]
+    log_mel         float32[T, n_mels] VGGish frontend on 16 kHz mono, T <= 100 * max_seconds
+    frames          uint8[N, H, W, 3]  N = num_frames, H = W = size, RGB
+
+and the modalities present (sorted). A clip without an audio (video) stream simply has no
+``log_mel`` (``frames``); a clip that cannot be used raises :class:`ClipError`.
+"""
+from __future__ import annotations
+
+import functools
+import math
+import os
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torchaudio
+
+from pipeline.config import AudioFeatures, PreprocessConfig, TextFeatures
+from pipeline.media import ClipError, load_clip
+
+# MELD's older CSVs hold cp1252 bytes decoded as Latin-1: U+0092 where "’" was meant.
+# These code points (C1 controls) never occur in real text, so each is mapped to the
+# cp1252 character of the same byte; everything else is left alone.
+CP1252_UNASSIGNED = (0x81, 0x8D, 0x8F, 0x90, 0x9D)
+CP1252_REPAIR = {code: bytes([code]).decode("cp1252")
+                 for code in range(0x80, 0xA0) if code not in CP1252_UNASSIGNED}
+
+
+@dataclass(frozen=True)
+class Utterance:
+    """The text of one sample: what was said, by whom, after which turns."""
+
+    text: str
+    speaker: str = ""
+    context: tuple[tuple[str, str], ...] = ()  # (speaker, text) of earlier turns, oldest first
+
+
+# --------------------------------------------------------------------------- text
+def normalize_text(text: str) -> str:
+    """Repair MELD's cp1252 mojibake (``\\x92`` -> ``’``, ``\\x85`` -> ``…``) and collapse
+    whitespace (including no-break spaces and newlines) to single spaces."""
+    return " ".join(text.translate(CP1252_REPAIR).split())
+
+
+def speaker_turn(speaker: str, text: str) -> str:
+    """ "Speaker: text" (just the text when the speaker is unknown), normalised."""
+    speaker, text = normalize_text(speaker), normalize_text(text)
+    return f"{speaker}: {text}".rstrip() if speaker else text
+
+
+def build_text(utterance: str, speaker: str, context: Sequence[tuple[str, str]],
+               text_cfg: TextFeatures) -> tuple[str, list[str]]:
+    """The target text and the context turns to tokenise.
+
+    Returns ("Speaker: utterance" (or just the utterance when ``text_cfg.speaker`` is off),
+    the last ``context_turns`` turns of ``context`` as "Speaker: text", newest first, so
+    that truncating the context from its end drops the oldest turns).
+    """
+    target = speaker_turn(speaker if text_cfg.speaker else "", utterance)
+    recent = list(context)[-text_cfg.context_turns:] if text_cfg.context_turns else []
+    return target, [speaker_turn(who, said) for who, said in reversed(recent)]
+
+
+def tokenize(target: str, context: Sequence[str], tokenizer: Any,
+             max_length: int) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids int32[L] and attention mask int8[L], L <= ``max_length``.
+
+    The context turns, joined by the tokenizer's separator, are the second segment and
+    are truncated first (``only_second``), so the target utterance is never cut unless it
+    is longer than ``max_length`` by itself (then the context is dropped).
+    """
+    second = None
+    if context:
+        separator = tokenizer.sep_token or tokenizer.eos_token or "|"
+        target_tokens = len(tokenizer(target, add_special_tokens=False)["input_ids"])
+        if target_tokens + tokenizer.num_special_tokens_to_add(pair=True) < max_length:
+            second = f" {separator} ".join(context)
+    encoded = tokenizer(target, second, truncation="only_second" if second else True,
+                        max_length=max_length)
+    return (np.asarray(encoded["input_ids"], dtype=np.int32),
+            np.asarray(encoded["attention_mask"], dtype=np.int8))
+
+
+# --------------------------------------------------------------------------- audio
+@functools.lru_cache(maxsize=4)
+def mel_transform(sample_rate: int, window: int, hop: int, n_mels: int, fmin: float,
+                  fmax: float) -> torchaudio.transforms.MelSpectrogram:
+    """Magnitude STFT (periodic Hann window of ``window`` samples, FFT size the next power
+    of two, no centring) -> HTK-scale triangular mel filters
+    without area normalisation (the same filters as ``librosa.filters.mel(htk=True, norm=None)``)."""
+    return torchaudio.transforms.MelSpectrogram(
+        sample_rate=sample_rate, n_fft=2 ** math.ceil(math.log2(window)), win_length=window,
+        hop_length=hop, f_min=fmin, f_max=fmax, n_mels=n_mels, power=1.0, center=False,
+        norm=None, mel_scale="htk")
+
+
+def log_mel(waveform: np.ndarray | torch.Tensor, audio_cfg: AudioFeatures) -> np.ndarray:
+    """VGGish log-mel of a mono waveform float[S] at ``audio_cfg.sample_rate``.
+
+    Returns float32[T, n_mels] with T = 1 + (S' - window) // hop frames (10 ms hop), where
+    S' is S capped at ``max_seconds`` and padded to at least one window; values are
+    ``log(mel + log_offset)``.
+    """
+    rate = audio_cfg.sample_rate
+    window = int(round(audio_cfg.window_ms * rate / 1000))
+    hop = int(round(audio_cfg.hop_ms * rate / 1000))
+    samples = torch.as_tensor(waveform, dtype=torch.float32).flatten()[: int(audio_cfg.max_seconds * rate)]
+    if samples.numel() < window:
+        samples = torch.nn.functional.pad(samples, (0, window - samples.numel()))
+    transform = mel_transform(rate, window, hop, audio_cfg.n_mels, audio_cfg.fmin, audio_cfg.fmax)
+    # torch frames n_fft samples with the window in their middle; padding by the difference
+    # makes frame k cover samples [k * hop, k * hop + window), as VGGish frames them.
+    margin = (transform.n_fft - window) // 2
+    samples = torch.nn.functional.pad(samples, (margin, transform.n_fft - window - margin))
+    with torch.no_grad():
+        mel = transform(samples)  # [n_mels, T]
+    return torch.log(mel + audio_cfg.log_offset).T.contiguous().numpy()
+
+
+# --------------------------------------------------------------------------- one sample
+def extract_features(clip_path: str | os.PathLike | None, text: str | Utterance | None,
+                     pcfg: PreprocessConfig, tokenizer: Any) -> tuple[dict[str, np.ndarray], list[str]]:
+    """All features of one sample for the modalities in ``pcfg.modalities``.
+
+    ``clip_path`` None: no audio or video (e.g. a text-only cache); ``text`` None: no text.
+    ``tokenizer`` is only used when text is wanted. Returns (arrays as listed in the module
+    docstring, sorted present modalities). Raises ClipError for a missing, empty or
+    unreadable clip, one with neither stream, or a sample left with no modality at all.
+    """
+    arrays: dict[str, np.ndarray] = {}
+    modalities: list[str] = []
+    if "text" in pcfg.modalities and text is not None:
+        utterance = text if isinstance(text, Utterance) else Utterance(text)
+        target, context = build_text(utterance.text, utterance.speaker, utterance.context, pcfg.text)
+        arrays["input_ids"], arrays["attention_mask"] = tokenize(target, context, tokenizer,
+                                                                 pcfg.text.max_length)
+        modalities.append("text")
+    want_audio, want_video = "audio" in pcfg.modalities, "video" in pcfg.modalities
+    if clip_path is not None and (want_audio or want_video):
+        clip = load_clip(clip_path, pcfg.audio if want_audio else None, pcfg.video if want_video else None)
+        if clip.waveform is not None:
+            arrays["log_mel"] = log_mel(clip.waveform, pcfg.audio)
+            modalities.append("audio")
+        if clip.frames is not None:
+            arrays["frames"] = clip.frames
+            modalities.append("video")
+    if not modalities:
+        raise ClipError(clip_path if clip_path is not None else "<no input>",
+                        f"none of the modalities {pcfg.modalities} is available")
+    return arrays, sorted(modalities)

@@ -1,0 +1,580 @@
+"""Batch inference: ``python -m pipeline.infer --checkpoint RUN/best.pt --clips DIR|GLOB|LIST.txt``.
+
+    python -m pipeline.infer --checkpoint RUN/best.pt --clips DIR|GLOB|LIST.txt
+        [--transcripts MELD.csv|CLIPS.csv] --out predictions.jsonl|.csv
+        [--batch-size B] [--workers N] [--device auto|cpu|cuda|cuda:N]
+
+Everything the model needs comes from the checkpoint: the architecture and weights, the
+preprocessing parameters of the cache it was trained on (``ckpt["preprocess"]``) and the
+tokenizer named there. Each clip goes through ``features.extract_features`` (the code that
+built the training cache) and ``data.make_item`` + ``data.collate`` (the code that fed the
+model in training and evaluation), so a clip gets the prediction evaluation gives it.
+
+Clips: a folder (its video files, sorted by name), a glob pattern, a single clip, or a
+``.txt`` list with one path per line (relative to the list's folder; blank and ``#`` lines
+skipped). Transcripts: a MELD CSV (clip ``dia{D}_utt{U}``; speaker prefix and dialogue
+context as in training; its labels give accuracy and weighted F1), a CSV with ``clip,text``
+columns (and optionally ``speaker``; ``clip`` is a file name, stem or path relative to the
+CSV's folder), or, without ``--transcripts``, a ``.srt`` or ``.txt`` file next to each
+clip with the same stem. A clip without a transcript is predicted with its text masked.
+
+Output: one row per clip in input order, ``status`` "ok" or "error" (a missing, empty or
+unreadable clip, with the reason; the run goes on and exits 0). JSON lines by default, CSV
+when ``--out`` ends with ``.csv``. Rows are streamed to ``OUT.partial`` as batches finish
+and the file is renamed to ``OUT`` at the end: a reader never mistakes a killed run's output
+for a complete one, and the partial file still holds every row done so far.
+
+Decoding runs in a pool of long-lived worker processes (each loads the tokenizer once) fed
+through a bounded window of clips in input order, while this process batches the decoded
+clips and runs the model: decoding and the model overlap. On the CPU the cores are split:
+``--workers`` decode, the model gets the remaining cores as torch threads.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import csv
+import glob
+import io
+import itertools
+import json
+import logging
+import math
+import multiprocessing
+import os
+import re
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from pipeline import meld
+from pipeline.config import ConfigError, PreprocessConfig, config_from_dict, from_dict
+from pipeline.data import collate, labels_of, make_item
+from pipeline.distributed import pick_device
+from pipeline.features import Utterance, extract_features
+from pipeline.media import ClipError
+from pipeline.metrics import classification_metrics
+from pipeline.model import CheckpointError, MultimodalModel, load_checkpoint
+from pipeline.train import amp_dtype, autocast, to_device
+
+logger = logging.getLogger(__name__)
+
+VIDEO_EXTENSIONS = (".mp4", ".mkv", ".mov", ".avi", ".webm")
+SIDECAR_EXTENSIONS = (".srt", ".txt")  # looked up in this order next to each clip
+SRT_TAG = re.compile(r"<[^>]*>|\{\\[^}]*\}")  # <i>...</i> and {\an8}-style styling
+TASKS = ("emotion", "sentiment")
+
+
+class InputError(ValueError):
+    """Clips or transcripts that cannot be read as asked (the message says what to fix)."""
+
+
+# --------------------------------------------------------------------------- clips
+def list_clips(spec: str) -> list[Path]:
+    """The clips named by ``--clips``: a folder's video files (sorted by name, hidden files
+    skipped), a ``.txt`` list, a single clip, or a glob pattern (its video files, sorted)."""
+    path = Path(spec)
+    if path.is_dir():
+        clips = sorted(p for p in path.iterdir()
+                       if p.suffix.lower() in VIDEO_EXTENSIONS and not p.name.startswith(".") and not p.is_dir())
+        if not clips:
+            raise InputError(f"--clips {spec}: the folder holds no video files ({', '.join(VIDEO_EXTENSIONS)})")
+        return clips
+    if path.is_file():
+        return read_clip_list(path) if path.suffix.lower() == ".txt" else [path]
+    if any(char in spec for char in "*?["):
+        clips = [Path(p) for p in sorted(glob.glob(spec, recursive=True))
+                 if Path(p).suffix.lower() in VIDEO_EXTENSIONS and not Path(p).is_dir()]
+        if not clips:
+            raise InputError(f"--clips {spec}: the pattern matches no video files")
+        return clips
+    raise InputError(f"--clips {spec}: no such folder, list file or clip (nor a glob pattern)")
+
+
+def read_clip_list(path: Path) -> list[Path]:
+    """One clip per line, relative paths taken from the list's folder; blank lines and lines
+    starting with ``#`` are skipped. Listed clips that do not exist become error rows."""
+    clips = []
+    for line in path.read_text(encoding="utf-8-sig").splitlines():
+        entry = line.strip()
+        if entry and not entry.startswith("#"):
+            clips.append(path.parent / entry)  # an absolute entry replaces the folder
+    if not clips:
+        raise InputError(f"--clips {path}: the list names no clip")
+    return clips
+
+
+# --------------------------------------------------------------------------- transcripts
+@dataclass(frozen=True)
+class Transcript:
+    """The text of a clip and, from a MELD CSV, its labels."""
+
+    utterance: Utterance
+    emotion: str | None = None
+    sentiment: str | None = None
+
+
+class TranscriptTable:
+    """Transcripts of a ``--transcripts`` file, found for a clip by its full path, file name or stem."""
+
+    def __init__(self, source: Path, kind: str) -> None:
+        self.source, self.kind = source, kind
+        self.by_path: dict[Path, Transcript] = {}
+        self.by_name: dict[str, Transcript] = {}
+
+    def add(self, key: str, transcript: Transcript) -> None:
+        """``key``: a file name or stem, or a path (relative to the CSV's folder)."""
+        if os.sep in key or (os.altsep and os.altsep in key):
+            table, resolved = self.by_path, (self.source.parent / key).resolve()
+        else:
+            table, resolved = self.by_name, key
+        if resolved in table:
+            raise InputError(f"--transcripts {self.source}: two rows for clip {key!r}")
+        table[resolved] = transcript
+
+    def find(self, clip: Path) -> Transcript | None:
+        found = self.by_path.get(clip.resolve())
+        if found is None:
+            found = self.by_name.get(clip.name) or self.by_name.get(clip.stem)
+        return found
+
+
+def read_transcripts(path: Path, context_turns: int) -> TranscriptTable:
+    """A MELD CSV (it has ``Dialogue_ID`` and ``Utterance_ID``) or a ``clip,text[,speaker]`` CSV.
+
+    MELD rows are read by ``meld.read_csv`` and get ``meld.dialogue_context`` with
+    ``context_turns`` (the checkpoint's ``preprocess.text.context_turns``), as in preprocessing.
+    """
+    if not path.is_file():
+        raise InputError(f"--transcripts {path}: no such file")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        text = raw.decode("latin-1")  # old MELD releases; meld.read_csv does the same
+    rows = csv.reader(io.StringIO(text, newline=""))
+    header = [name.strip() for name in next(rows, [])]
+    if {"Dialogue_ID", "Utterance_ID"} <= set(header):
+        table = TranscriptTable(path, "MELD CSV")
+        utterances = meld.read_csv(path)
+        context = meld.dialogue_context(utterances, context_turns)
+        for row in utterances:
+            table.add(row.id, Transcript(Utterance(row.utterance, row.speaker, context[row.id]),
+                                         row.emotion, row.sentiment))
+        return table
+    if {"clip", "text"} <= set(header):
+        table = TranscriptTable(path, "clip,text CSV")
+        for fields in rows:
+            row = dict(zip(header, fields))
+            clip, said = row.get("clip", "").strip(), row.get("text", "").strip()
+            if clip and said:
+                table.add(clip, Transcript(Utterance(said, row.get("speaker", "").strip())))
+        return table
+    raise InputError(f"--transcripts {path}: expected a MELD CSV (Utterance, Speaker, Dialogue_ID, "
+                     f"Utterance_ID, ...) or a CSV with clip,text columns; the header is {header}")
+
+
+def read_srt(text: str) -> str:
+    """The spoken text of an SRT file: each block's text lines joined by spaces, without the
+    block numbers, the ``-->`` timing lines and styling tags."""
+    words = []
+    for block in re.split(r"\n\s*\n", text.replace("\r\n", "\n").replace("\r", "\n").strip()):
+        lines = [line.strip() for line in block.split("\n")]
+        if len(lines) > 1 and lines[0].isdigit() and "-->" in lines[1]:
+            lines = lines[2:]
+        elif lines and "-->" in lines[0]:
+            lines = lines[1:]
+        words += [SRT_TAG.sub("", line).strip() for line in lines]
+    return " ".join(word for word in words if word)
+
+
+def read_sidecar(clip: Path) -> Transcript | None:
+    """The transcript in ``<stem>.srt`` or ``<stem>.txt`` next to ``clip`` (None if neither
+    exists or it is empty)."""
+    for extension in SIDECAR_EXTENSIONS:
+        sidecar = clip.with_suffix(extension)
+        if sidecar.is_file():
+            text = sidecar.read_text(encoding="utf-8-sig", errors="replace")
+            text = read_srt(text) if extension == ".srt" else " ".join(text.split())
+            return Transcript(Utterance(text)) if text else None
+    return None
+
+
+# --------------------------------------------------------------------------- jobs and decoding
+@dataclass(frozen=True)
+class Job:
+    """One input clip (picklable: it travels to a decoding worker)."""
+
+    index: int  # position in the input, = row number of the output
+    clip: str
+    id: str  # file stem
+    utterance: Utterance | None  # None: no transcript, text masked
+    emotion: str | None = None
+    sentiment: str | None = None
+
+
+def make_jobs(clips: Sequence[Path], transcripts: TranscriptTable | None) -> list[Job]:
+    """A job per clip, with its transcript from ``transcripts`` or, when None, its sidecar."""
+    jobs = []
+    for index, clip in enumerate(clips):
+        found = transcripts.find(clip) if transcripts is not None else read_sidecar(clip)
+        jobs.append(Job(index, str(clip), clip.stem, found.utterance if found else None,
+                        found.emotion if found else None, found.sentiment if found else None))
+    matched = sum(job.utterance is not None for job in jobs)
+    source = f"{transcripts.kind} {transcripts.source}" if transcripts else "sidecar .srt/.txt files"
+    logger.info("%d clips; transcripts for %d of them (%s)", len(jobs), matched, source)
+    if transcripts is not None and matched == 0:
+        logger.warning("no clip matched a row of %s: every clip is predicted with its text masked",
+                       transcripts.source)
+    return jobs
+
+
+@dataclass
+class Decoded:
+    """The features of a job (``arrays``/``modalities`` as extract_features returns them), or
+    the reason it could not be decoded."""
+
+    job: Job
+    arrays: dict[str, np.ndarray] | None
+    modalities: list[str]
+    error: str | None = None
+
+
+class ClipDecoder:
+    """What a decoding process builds once: the checkpoint's preprocessing config and tokenizer."""
+
+    def __init__(self, preprocess: Mapping[str, Any]) -> None:
+        self.pcfg = from_dict(PreprocessConfig, dict(preprocess), "preprocess")
+        self.tokenizer = None
+        if "text" in self.pcfg.modalities:
+            from encoders.text import load_tokenizer
+
+            self.tokenizer = load_tokenizer(self.pcfg.text.model)
+
+    def __call__(self, job: Job) -> Decoded:
+        try:
+            arrays, modalities = extract_features(job.clip, job.utterance, self.pcfg, self.tokenizer)
+        except ClipError as err:
+            return Decoded(job, None, [], err.reason)
+        except Exception as err:  # a bug, not a bad clip: report it loudly but keep the other rows
+            logger.error("%s: decoding failed:\n%s", job.clip, traceback.format_exc())
+            return Decoded(job, None, [], f"internal error: {type(err).__name__}: {err}")
+        return Decoded(job, arrays, modalities)
+
+
+_decoder: ClipDecoder | None = None  # the ClipDecoder of a pool process
+
+
+def init_decoder(preprocess: Mapping[str, Any]) -> None:
+    global _decoder
+    torch.set_num_threads(1)  # parallelism comes from the worker processes
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    _decoder = ClipDecoder(preprocess)
+
+
+def decode_job(job: Job) -> Decoded:
+    return _decoder(job)
+
+
+class DecodePool:
+    """Decodes jobs in ``workers`` long-lived processes (0: in this process), yielding results
+    in input order while at most ``lookahead`` jobs are in flight, so memory stays bounded
+    when the model is slower than decoding. A context manager: the pool lives until exit."""
+
+    def __init__(self, preprocess: Mapping[str, Any], workers: int, lookahead: int) -> None:
+        self.preprocess, self.workers, self.lookahead = dict(preprocess), workers, max(1, lookahead)
+        self.pool: Any = None
+        self.local: ClipDecoder | None = None
+
+    def __enter__(self) -> "DecodePool":
+        if self.workers > 0:
+            os.environ["TOKENIZERS_PARALLELISM"] = "false"  # the tokenizer is used across a fork
+            self.pool = multiprocessing.Pool(self.workers, initializer=init_decoder,
+                                             initargs=(self.preprocess,))
+        else:
+            self.local = ClipDecoder(self.preprocess)
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        if self.pool is not None:
+            self.pool.terminate()
+            self.pool.join()
+
+    def imap(self, jobs: Iterable[Job]) -> Iterator[Decoded]:
+        """The Decoded of each job, in the order of ``jobs``."""
+        if self.pool is None:
+            yield from map(self.local, jobs)
+            return
+        pending = iter(jobs)
+        window = collections.deque(self.pool.apply_async(decode_job, (job,))
+                                   for job in itertools.islice(pending, self.lookahead))
+        while window:
+            decoded = window.popleft().get()
+            window.extend(self.pool.apply_async(decode_job, (job,)) for job in itertools.islice(pending, 1))
+            yield decoded
+
+
+# --------------------------------------------------------------------------- the model
+class Predictor:
+    """The checkpoint's model on ``device``, turning a list of decoded clips into rows."""
+
+    def __init__(self, ckpt: Mapping[str, Any], device: torch.device) -> None:
+        cfg = config_from_dict(ckpt["config"])
+        self.model = MultimodalModel.from_checkpoint(ckpt).to(device)
+        self.device = device
+        self.dtype = amp_dtype(cfg.train.amp, device)  # as evaluation in training runs it
+        self.modalities = sorted(self.model.encoders)
+        self.preprocess = dict(ckpt["preprocess"])
+        self.labels: dict[str, list[str]] = {task: list(names) for task, names in ckpt["labels"].items()}
+
+    def item(self, decoded: Decoded) -> dict[str, Any]:
+        """The dataset item of a decoded clip, built as MeldDataset builds cached samples."""
+        job = decoded.job
+        return make_item(job.id, decoded.arrays, decoded.modalities, self.modalities, self.preprocess,
+                         labels_of({"emotion": job.emotion, "sentiment": job.sentiment}))
+
+    @torch.inference_mode()
+    def outputs(self, batch: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """Probabilities ``{task}_probs`` [B,C], ``regression`` [B,K] and ``gates`` [B,G] (if
+        the head has them) of a collated batch."""
+        with autocast(self.device, self.dtype):
+            outputs = self.model(to_device(batch, self.device))
+        result = {f"{task}_probs": outputs[task].float().softmax(dim=1).cpu().numpy() for task in TASKS}
+        for name in ("regression", "gates"):
+            if name in outputs:
+                result[name] = outputs[name].float().cpu().numpy()
+        return result
+
+    def rows(self, decoded: Sequence[Decoded]) -> list[dict[str, Any]]:
+        """One output row per decoded clip, in the same order; the ok ones run as one batch."""
+        ok = [d for d in decoded if d.error is None]
+        outputs = self.outputs(collate([self.item(d) for d in ok])) if ok else {}
+        rows, position = [], 0
+        for d in decoded:
+            if d.error is not None:
+                rows.append(error_row(d.job, d.error))
+                continue
+            row = {"clip": d.job.clip, "id": d.job.id, "status": "ok", "error": None,
+                   "modalities": [m for m in d.modalities if m in self.modalities]}
+            for task in TASKS:
+                probs = outputs[f"{task}_probs"][position]
+                row[task] = self.labels[task][int(probs.argmax())]
+                row[f"{task}_probs"] = {name: float(p) for name, p in zip(self.labels[task], probs)}
+            row["regression"] = ({name: float(v) for name, v in zip(self.labels["regression"],
+                                                                      outputs["regression"][position])}
+                                 if "regression" in outputs else {})
+            if "gates" in outputs:
+                row["gates"] = [float(g) for g in outputs["gates"][position]]
+            rows.append(row)
+            position += 1
+        return rows
+
+
+def error_row(job: Job, reason: str) -> dict[str, Any]:
+    return {"clip": job.clip, "id": job.id, "status": "error", "error": reason, "modalities": [],
+            "emotion": None, "emotion_probs": None, "sentiment": None, "sentiment_probs": None,
+            "regression": None}
+
+
+def batches(decoded: Iterable[Decoded], batch_size: int) -> Iterator[list[Decoded]]:
+    """Consecutive runs of decoded clips holding ``batch_size`` ok ones (errors ride along, so
+    rows leave in input order); the last run may hold fewer."""
+    run: list[Decoded] = []
+    ok = 0
+    for item in decoded:
+        run.append(item)
+        ok += item.error is None
+        if ok == batch_size:
+            yield run
+            run, ok = [], 0
+    if run:
+        yield run
+
+
+# --------------------------------------------------------------------------- output
+class RowWriter:
+    """Writes rows as JSON lines or CSV to ``OUT.partial``, renamed to ``OUT`` by ``commit``."""
+
+    def __init__(self, out: Path, labels: Mapping[str, Sequence[str]]) -> None:
+        self.out = out
+        self.partial = out.with_name(out.name + ".partial")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        self.file = open(self.partial, "w", encoding="utf-8", newline="")
+        self.csv = None
+        if out.suffix.lower() == ".csv":
+            self.columns = (["clip", "id", "status", "error", "modalities"]
+                            + [column for task in TASKS
+                               for column in (task, *(f"{task}_prob_{name}" for name in labels[task]))]
+                            + [f"regression_{name}" for name in labels["regression"]] + ["gates"])
+            self.csv = csv.DictWriter(self.file, fieldnames=self.columns)
+            self.csv.writeheader()
+
+    def write(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        for row in rows:
+            if self.csv is not None:
+                self.csv.writerow(flatten_row(row))
+            else:
+                self.file.write(json.dumps(row, ensure_ascii=False) + "\n")
+        self.file.flush()
+
+    def commit(self) -> None:
+        self.file.close()
+        os.replace(self.partial, self.out)
+
+    def close(self) -> None:
+        """Close without committing (a failed run keeps its rows in ``OUT.partial``)."""
+        if not self.file.closed:
+            self.file.close()
+            logger.warning("the run stopped early; the rows written so far are in %s", self.partial)
+
+
+def flatten_row(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A CSV row: probabilities as ``<task>_prob_<label>`` columns, regression targets as
+    ``regression_<name>``, modalities joined by ``+``, gates as a JSON list."""
+    flat = {key: row[key] for key in ("clip", "id", "status", "error")}
+    flat["modalities"] = "+".join(row["modalities"])
+    for task in TASKS:
+        flat[task] = row[task]
+        for name, p in (row[f"{task}_probs"] or {}).items():
+            flat[f"{task}_prob_{name}"] = p
+    for name, value in (row["regression"] or {}).items():
+        flat[f"regression_{name}"] = value
+    if "gates" in row:
+        flat["gates"] = json.dumps(row["gates"])
+    return flat
+
+
+# --------------------------------------------------------------------------- running
+def available_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def default_workers(device: torch.device) -> int:
+    """On a GPU every core decodes; on the CPU half of them do, the model gets the rest."""
+    return available_cores() if device.type == "cuda" else max(1, available_cores() // 2)
+
+
+def default_lookahead(batch_size: int, workers: int) -> int:
+    """Clips in flight: two batches ahead plus two per worker keeps every worker busy while
+    the model runs a batch, and bounds the decoded clips held in memory."""
+    return 2 * batch_size + 2 * max(workers, 1)
+
+
+def model_threads(workers: int) -> int:
+    """Torch threads for the model on the CPU: the cores the decoding workers leave free."""
+    return max(1, available_cores() - workers)
+
+
+def run(predictor: Predictor, jobs: Sequence[Job], pool: DecodePool, out: Path, batch_size: int) -> dict[str, Any]:
+    """Predict every job, decoded by ``pool``, and write the rows to ``out``; returns a
+    summary with counts, seconds, clips per second and, when labels were known, metrics."""
+    start = time.perf_counter()
+    writer = RowWriter(out, predictor.labels)
+    truth: dict[str, list[int]] = {task: [] for task in TASKS}
+    guess: dict[str, list[int]] = {task: [] for task in TASKS}
+    reasons: collections.Counter[str] = collections.Counter()
+    try:
+        with tqdm(total=len(jobs), unit="clip", desc="infer", dynamic_ncols=True) as bar:
+            for group in batches(pool.imap(jobs), batch_size):
+                rows = predictor.rows(group)
+                writer.write(rows)
+                for decoded, row in zip(group, rows):
+                    if row["status"] != "ok":
+                        reasons[row["error"]] += 1
+                        continue
+                    for task in TASKS:
+                        label = getattr(decoded.job, task)
+                        if label is not None:
+                            truth[task].append(predictor.labels[task].index(label))
+                            guess[task].append(predictor.labels[task].index(row[task]))
+                bar.update(len(rows))
+        writer.commit()
+    finally:
+        writer.close()
+    seconds = time.perf_counter() - start
+    metrics = {task: classification_metrics(truth[task], guess[task], predictor.labels[task])
+               for task in TASKS if truth[task]}
+    errors = sum(reasons.values())
+    summary = {"clips": len(jobs), "ok": len(jobs) - errors, "errors": errors, "reasons": dict(reasons),
+               "seconds": seconds, "clips_per_second": len(jobs) / seconds if seconds > 0 else math.inf,
+               "metrics": metrics, "out": str(out)}
+    logger.info("%d clips: %d ok, %d errors%s in %.1f s (%.2f clips/s); wrote %s", len(jobs), summary["ok"],
+                errors, "".join(f"; {n} {reason}" for reason, n in reasons.most_common(5)), seconds,
+                summary["clips_per_second"], out)
+    return summary
+
+
+def format_metrics(metrics: Mapping[str, Mapping[str, Any]]) -> str:
+    """``task: accuracy A  weighted F1 F  (n=N)`` per task with labels."""
+    return "\n".join(f"{task}: accuracy {m['accuracy']:.4f}  weighted F1 {m['weighted_f1']:.4f}  (n={m['count']})"
+                     for task, m in metrics.items())
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.infer", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Predict emotion and sentiment for every clip with a trained checkpoint.",
+        epilog=__doc__.split("\n\n", 2)[2])
+    parser.add_argument("--checkpoint", required=True, type=Path, help="best.pt / last.pt of pipeline.train")
+    parser.add_argument("--clips", required=True, help="folder, glob pattern, single clip or .txt list")
+    parser.add_argument("--transcripts", type=Path,
+                        help="MELD CSV or clip,text CSV (default: .srt/.txt next to each clip)")
+    parser.add_argument("--out", required=True, type=Path, help="predictions .jsonl (or .csv)")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--workers", type=int, default=None,
+                        help="decoding processes (default: all cores on a GPU, half on the CPU; 0 = in this process)")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    args = parser.parse_args(argv)
+    if args.batch_size < 1:
+        parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.workers is not None and args.workers < 0:
+        parser.error(f"--workers must be >= 0, got {args.workers}")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line; returns the exit status (0 also when some clips are error rows)."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    try:
+        device = pick_device(args.device)
+    except RuntimeError as err:  # a CUDA device asked for where none is visible
+        logger.error("--device %s: %s", args.device, err)
+        return 1
+    try:
+        ckpt = load_checkpoint(args.checkpoint)
+        if not isinstance(ckpt.get("preprocess"), Mapping):
+            raise CheckpointError(f"{args.checkpoint} stores no preprocessing parameters (key 'preprocess')")
+        pcfg = from_dict(PreprocessConfig, dict(ckpt["preprocess"]), "preprocess")
+        clips = list_clips(args.clips)
+        transcripts = (read_transcripts(args.transcripts, pcfg.text.context_turns)
+                       if args.transcripts is not None else None)
+        jobs = make_jobs(clips, transcripts)
+        predictor = Predictor(ckpt, device)
+    except (CheckpointError, ConfigError, InputError, meld.MeldFormatError, FileNotFoundError) as err:
+        logger.error("%s", err)
+        return 1
+    workers = default_workers(device) if args.workers is None else args.workers
+    if device.type == "cpu":
+        torch.set_num_threads(model_threads(workers))
+    logger.info("checkpoint %s (epoch %s), %s model on %s, %d decoding workers", args.checkpoint,
+                ckpt.get("epoch"), "+".join(predictor.modalities), device, workers)
+    with DecodePool(predictor.preprocess, min(workers, len(jobs)), default_lookahead(args.batch_size, workers)) as pool:
+        summary = run(predictor, jobs, pool, args.out, args.batch_size)
+    if summary["metrics"]:
+        report = format_metrics(summary["metrics"])
+        logger.info("metrics over the labelled ok clips:\n%s", report)
+        print(report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

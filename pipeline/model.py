@@ -1,0 +1,142 @@
+"""The multimodal model: ``encoders`` (ModuleDict, sorted modalities) -> ``fusion`` -> ``head``,
+built from the config, and the checkpoint format that training and inference share."""
+from __future__ import annotations
+
+import dataclasses
+import pickle
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+from torch import nn
+
+import encoders
+import fusion
+from pipeline.config import Config, ModelConfig, config_from_dict, from_dict
+from pipeline.labels import label_vocab
+
+CHECKPOINT_FORMAT = "meld-fusion-checkpoint"
+CHECKPOINT_VERSION = 1
+CHECKPOINT_KEYS = ("model", "config", "labels")
+
+
+class CheckpointError(ValueError):
+    """A file is not a checkpoint of this project, or of another format version."""
+
+
+def task_outputs(labels: Mapping[str, Sequence[str]] | None = None) -> dict[str, int]:
+    """Output sizes per task (``emotion: 7, sentiment: 3, regression: K``) from label vocabularies."""
+    return {task: len(names) for task, names in (labels or label_vocab()).items()}
+
+
+class MultimodalModel(nn.Module):
+    """``forward(batch) -> head outputs``: each encoder reads its modality's inputs, the
+    fusion combines them under the modality masks, the head predicts every task.
+
+    ``model_cfg``: a :class:`ModelConfig` or its dict; ``outputs``: task -> size (default:
+    MELD's vocabularies); ``load_weights=False`` builds the architecture without reading
+    pretrained weight files (a checkpoint's state dict replaces them).
+    """
+
+    def __init__(self, model_cfg: ModelConfig | Mapping[str, Any],
+                 outputs: Mapping[str, int] | None = None, load_weights: bool = True) -> None:
+        super().__init__()
+        cfg = model_cfg if isinstance(model_cfg, ModelConfig) else from_dict(ModelConfig, model_cfg, "model")
+        self.outputs = dict(outputs or task_outputs())
+        self.encoders = nn.ModuleDict()
+        for modality in sorted(cfg.modalities):
+            self.encoders[modality] = encoders.build(cfg.encoders[modality], load_weights=load_weights)
+        dims = {m: encoder.out_dim for m, encoder in self.encoders.items()}
+        self.fusion = fusion.build_fusion(cfg.fusion, dims)
+        self.head = fusion.build_head(cfg.head, self.fusion.out_dim, self.outputs)
+
+    def forward(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        """``batch``: the collated dict (pipeline.data); only the model's modalities are read.
+        Returns ``{task: [B,K_task], "aux_loss": scalar, ("gates": [B,G])}``."""
+        features, masks = {}, {}
+        for modality, encoder in self.encoders.items():
+            if modality not in batch:
+                raise KeyError(f"the batch has no {modality!r} inputs; this model reads "
+                               f"{list(self.encoders)} (is the modality in the cache?)")
+            inputs = batch[modality]
+            features[modality] = encoder(inputs)
+            masks[modality] = inputs["mask"]
+        return self.head(self.fusion(features, masks))
+
+    def pretrained_parameters(self) -> list[nn.Parameter]:
+        """Parameters of encoders loaded from pretrained weights (trained with ``train.encoder_lr``),
+        frozen ones included so that unfreezing later needs no new optimizer."""
+        return [p for encoder in self.encoders.values() if encoder.pretrained for p in encoder.parameters()]
+
+    def scratch_parameters(self) -> list[nn.Parameter]:
+        """Every other parameter: encoders trained from scratch, fusion and head (``train.lr``)."""
+        pretrained = {id(p) for p in self.pretrained_parameters()}
+        return [p for p in self.parameters() if id(p) not in pretrained]
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Turn on activation checkpointing in the encoders that support it (the text encoder)."""
+        for encoder in self.encoders.values():
+            if hasattr(encoder, "enable_gradient_checkpointing"):
+                encoder.enable_gradient_checkpointing()
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: str | Path | Mapping[str, Any]) -> "MultimodalModel":
+        """The model stored in a checkpoint (path or loaded dict), in eval mode.
+
+        Pretrained weight files are not read (the checkpoint holds the trained weights); the
+        text model's config and tokenizer must still resolve locally.
+        """
+        if isinstance(checkpoint, Mapping):
+            ckpt = checkpoint
+            check_checkpoint(ckpt, "checkpoint dict")
+        else:
+            ckpt = load_checkpoint(checkpoint)
+        model = build_model(config_from_dict(ckpt["config"]), task_outputs(ckpt["labels"]), load_weights=False)
+        try:
+            model.load_state_dict(ckpt["model"])
+        except RuntimeError as err:
+            raise CheckpointError(f"the checkpoint's weights do not fit the model its config builds: {err}") from err
+        return model.eval()
+
+
+def build_model(cfg: Config, outputs: Mapping[str, int] | None = None,
+                load_weights: bool = True) -> MultimodalModel:
+    """The model of a resolved :class:`Config` (a text encoder without ``model`` reads the
+    tokenizer model of ``preprocess.text``)."""
+    model_cfg = cfg.model
+    text = model_cfg.encoders.get("text")
+    if text is not None and not text.get("model"):
+        text = {**text, "model": cfg.preprocess.text.model}
+        model_cfg = dataclasses.replace(model_cfg, encoders={**model_cfg.encoders, "text": text})
+    return MultimodalModel(model_cfg, outputs, load_weights=load_weights)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint with ``torch.load(map_location="cpu", weights_only=True)`` and check
+    that it is this project's format and version."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist or is not a file")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(f"{path} holds objects that weights_only loading refuses, so it is not "
+                              f"a {CHECKPOINT_FORMAT} file: {err}") from err
+    except Exception as err:  # torch raises RuntimeError/EOFError/... for files that are not torch archives
+        raise CheckpointError(f"{path} is not a torch checkpoint file ({type(err).__name__}: {err})") from err
+    check_checkpoint(ckpt, str(path))
+    return ckpt
+
+
+def check_checkpoint(ckpt: Any, source: str) -> None:
+    """Raise :class:`CheckpointError` unless ``ckpt`` is a version-1 checkpoint dict."""
+    if not isinstance(ckpt, Mapping) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        found = ckpt.get("format") if isinstance(ckpt, Mapping) else type(ckpt).__name__
+        raise CheckpointError(f"{source} is not a {CHECKPOINT_FORMAT} (format: {found!r}); "
+                              "expected a last.pt/best.pt written by pipeline.train")
+    if ckpt.get("version") != CHECKPOINT_VERSION:
+        raise CheckpointError(f"{source} is checkpoint version {ckpt.get('version')!r}; this code reads "
+                              f"version {CHECKPOINT_VERSION}")
+    missing = [key for key in CHECKPOINT_KEYS if key not in ckpt]
+    if missing:
+        raise CheckpointError(f"{source} lacks the keys {missing}")

@@ -1,0 +1,319 @@
+"""Preprocess raw MELD into the feature cache (see pipeline/cache.py for the layout).
+
+    python -m pipeline.preprocess MELD_ROOT OUT_DIR [--splits train,dev,test] [--workers N]
+        [--num-shards N --shard-id I] [--config YAML] [--csv-dir DIR]
+        [--train-csv F] [--train-clips D] [--dev-csv F] ... [key=value ...]
+    python -m pipeline.preprocess --merge OUT_DIR [--splits ...]
+
+``key=value`` are Config overrides with full dotted keys (``preprocess.video.num_frames=4``);
+only the ``preprocess`` section matters here. ``preprocess.modalities=[text]`` builds a
+text-only cache from the CSVs alone, without any clip.
+
+Each CSV row becomes one manifest row; a clip that is missing, empty or unreadable gives a
+``skipped`` row with its reason (the run goes on), and a clip on disk that no row names
+gives a ``skipped`` row with reason "no label". Finished ids are recorded one by one, so a
+killed run resumes where it stopped and a finished one does nothing. With
+``--num-shards N --shard-id I`` this process takes the ids whose hash falls in shard I;
+shards may share OUT_DIR, and the last one to finish writes the manifest (``--merge``
+does it explicitly).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import multiprocessing
+import os
+import re
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import torch
+from tqdm import tqdm
+
+from pipeline import cache, meld
+from pipeline.config import Config, ConfigError, PreprocessConfig, from_dict, resolve_raw, to_dict
+from pipeline.features import Utterance, extract_features, normalize_text
+from pipeline.media import ClipError
+
+logger = logging.getLogger(__name__)
+
+OVERRIDE = re.compile(r"^[A-Za-z_][\w]*(\.[\w]+)*=")
+NO_LABEL = "no label"
+
+
+@dataclass(frozen=True)
+class Task:
+    """One CSV row to turn into features (picklable: it travels to a worker process)."""
+
+    split_dir: str
+    row: dict[str, Any]  # the manifest row, without status, reason and modalities yet
+    clip: str | None  # None in a text-only cache
+    utterance: Utterance
+
+
+# --------------------------------------------------------------------------- planning
+def manifest_row(split: str, row: meld.MeldRow) -> dict[str, Any]:
+    return {"id": row.id, "split": split, "status": None, "reason": None, "modalities": [],
+            "emotion": row.emotion, "sentiment": row.sentiment, "speaker": normalize_text(row.speaker),
+            "dialogue_id": row.dialogue_id, "utterance_id": row.utterance_id,
+            "text": normalize_text(row.utterance)}
+
+
+def unlabelled_row(split: str, clip_id: str) -> dict[str, Any]:
+    return {"id": clip_id, "split": split, "status": "skipped", "reason": NO_LABEL, "modalities": [],
+            "emotion": None, "sentiment": None, "speaker": None, "dialogue_id": None,
+            "utterance_id": None, "text": None}
+
+
+def split_sources(args: argparse.Namespace, split: str, needs_clips: bool) -> tuple[Path, Path | None]:
+    """(CSV, clip folder or None) of ``split`` from the flags or found under MELD_ROOT."""
+    csv_path = getattr(args, f"{split}_csv") or meld.find_csv(args.meld_root, split, args.csv_dir)
+    clips = getattr(args, f"{split}_clips")
+    if needs_clips and clips is None:
+        clips = meld.find_clip_dir(args.meld_root, split)
+    if clips is not None and not Path(clips).is_dir():
+        raise FileNotFoundError(f"clip folder {clips} does not exist")
+    return Path(csv_path), Path(clips) if needs_clips else None
+
+
+def plan_split(split: str, csv_path: Path, clip_dir: Path | None, split_dir: Path,
+               pcfg: PreprocessConfig) -> tuple[list[Task], list[dict[str, Any]]]:
+    """(a task per CSV row, a "no label" row per clip on disk that no row names)."""
+    rows = meld.read_csv(csv_path)
+    context = meld.dialogue_context(rows, pcfg.text.context_turns)
+    tasks = [Task(str(split_dir), manifest_row(split, row),
+                  str(clip_dir / f"{row.id}.mp4") if clip_dir is not None else None,
+                  Utterance(row.utterance, row.speaker, context[row.id]))
+             for row in rows]
+    labelled = {row.id for row in rows}
+    extras = [] if clip_dir is None else [
+        unlabelled_row(split, clip_id) for clip_id in meld.clip_files(clip_dir) if clip_id not in labelled]
+    return tasks, extras
+
+
+def in_shard(id_: str, num_shards: int, shard_id: int) -> bool:
+    """Deterministic on every machine (unlike ``hash()``, which is salted per process)."""
+    return int(hashlib.sha1(id_.encode("utf-8")).hexdigest()[:8], 16) % num_shards == shard_id
+
+
+# --------------------------------------------------------------------------- workers
+class Worker:
+    """What a worker process builds once: the config and the tokenizer."""
+
+    def __init__(self, preprocess: dict[str, Any]) -> None:
+        torch.set_num_threads(1)  # parallelism comes from the worker processes
+        self.pcfg = from_dict(PreprocessConfig, preprocess, "preprocess")
+        self.tokenizer = None
+        if "text" in self.pcfg.modalities:
+            # Imported here: the encoders package takes seconds to import, which a rerun
+            # with nothing to do, or --merge, should not pay.
+            from encoders.text import load_tokenizer
+
+            self.tokenizer = load_tokenizer(self.pcfg.text.model)
+
+    def process(self, task: Task) -> dict[str, Any]:
+        """Extract and store the features of ``task``; return its manifest row."""
+        row = dict(task.row)
+        try:
+            arrays, modalities = extract_features(task.clip, task.utterance, self.pcfg, self.tokenizer)
+        except ClipError as err:
+            row.update(status="skipped", reason=err.reason, modalities=[])
+            cache.write_entry(task.split_dir, row)
+            return row
+        except Exception as err:  # a bug, not a bad clip: stop, naming the sample
+            raise RuntimeError(f"{row['id']} ({task.clip}): {err!r}") from err
+        row.update(status="ok", reason=None, modalities=modalities)
+        cache.write_entry(task.split_dir, row, arrays)
+        return row
+
+
+_worker: Worker | None = None  # the Worker of a pool process
+
+
+def init_worker(preprocess: dict[str, Any]) -> None:
+    global _worker
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    _worker = Worker(preprocess)
+
+
+def process_task(task: Task) -> dict[str, Any]:
+    return _worker.process(task)
+
+
+class Runner:
+    """Runs tasks in this process (workers <= 1) or in a pool of long-lived worker
+    processes, each with its own tokenizer, started on first use and shared by all splits."""
+
+    def __init__(self, preprocess: dict[str, Any], workers: int) -> None:
+        self.preprocess = preprocess
+        self.workers = workers
+        self.local: Worker | None = None
+        self.pool: Any = None
+
+    def run(self, tasks: Sequence[Task]) -> Iterable[dict[str, Any]]:
+        """The manifest rows of ``tasks``, in completion order."""
+        if self.workers <= 1:
+            if self.local is None:
+                self.local = Worker(self.preprocess)
+            return map(self.local.process, tasks)
+        if self.pool is None:
+            os.environ["TOKENIZERS_PARALLELISM"] = "false"
+            self.pool = multiprocessing.Pool(self.workers, initializer=init_worker,
+                                             initargs=(self.preprocess,))
+        # Small chunks: a clip takes ~0.3 s, and the bar and ETA should move smoothly.
+        chunk = max(1, min(8, len(tasks) // (self.workers * 8)))
+        return self.pool.imap_unordered(process_task, tasks, chunksize=chunk)
+
+    def close(self, failed: bool) -> None:
+        if self.pool is not None:
+            if failed:
+                self.pool.terminate()
+            else:
+                self.pool.close()
+            self.pool.join()
+
+
+# --------------------------------------------------------------------------- one split
+def preprocess_split(split: str, tasks: Sequence[Task], extras: Sequence[dict[str, Any]],
+                     split_dir: Path, pcfg: PreprocessConfig, runner: Runner, num_shards: int,
+                     shard_id: int) -> None:
+    """Process this shard's pending ids of ``split``, then merge if every shard is done."""
+    ids = [task.row["id"] for task in tasks] + [row["id"] for row in extras]
+    cache.prepare_split(split_dir, split, to_dict(pcfg), ids)
+    done = cache.done_ids(split_dir)
+    mine = [id_ for id_ in ids if in_shard(id_, num_shards, shard_id)]
+    mine_set = set(mine)
+    for row in extras:
+        if row["id"] in mine_set and row["id"] not in done:
+            cache.write_entry(split_dir, row)
+    pending = [task for task in tasks if task.row["id"] in mine_set and task.row["id"] not in done]
+    logger.info("%s: %d rows, %d unlabelled clips; shard %d/%d: %d ids, %d to do", split,
+                len(tasks), len(extras), shard_id, num_shards, len(mine), len(pending))
+    start = time.perf_counter()
+    if pending:
+        with tqdm(total=len(pending), unit="clip", desc=split, dynamic_ncols=True) as bar:
+            for _ in runner.run(pending):
+                bar.update()
+    elapsed = time.perf_counter() - start
+    complete = not pending and (split_dir / "manifest.jsonl").is_file()
+    missing = [] if complete else cache.merge_split(split_dir)
+    log_summary(split, split_dir, mine, len(pending), elapsed, missing)
+
+
+def log_summary(split: str, split_dir: Path, ids: Sequence[str], processed: int, elapsed: float,
+                missing: Sequence[str]) -> None:
+    """One line: ok, skipped by reason, time and rate of this run, manifest state."""
+    statuses = [cache.read_json(split_dir / "status" / f"{id_}.json") for id_ in ids]
+    ok = sum(row["status"] == "ok" for row in statuses)
+    reasons = Counter(row["reason"] for row in statuses if row["status"] != "ok")
+    skipped = ", ".join(f"{count} {reason}" for reason, count in reasons.most_common())
+    rate = processed / elapsed if elapsed > 0 else 0.0
+    manifest = (f"manifest {split_dir / 'manifest.jsonl'}" if not missing
+                else f"{len(missing)} ids of other shards still to do, manifest not written yet")
+    logger.info("%s: %d ok, %d skipped%s; %d clips in %.1fs (%.2f clips/s); %s", split, ok,
+                sum(reasons.values()), f" ({skipped})" if skipped else "", processed, elapsed, rate,
+                manifest)
+
+
+# --------------------------------------------------------------------------- command line
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.preprocess",
+        description="Preprocess raw MELD (CSVs + clips) into the feature cache.",
+        usage="%(prog)s MELD_ROOT OUT_DIR [options] [key=value ...]\n"
+              "       %(prog)s --merge OUT_DIR [--splits ...]")
+    parser.add_argument("positional", nargs="*", metavar="MELD_ROOT OUT_DIR [key=value ...]",
+                        help="MELD root (holding the CSVs and clip folders), output folder, "
+                             "then Config overrides such as preprocess.video.num_frames=4")
+    parser.add_argument("--splits", default=",".join(meld.SPLITS), help="comma-separated (default: %(default)s)")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                        help="worker processes (default: one per CPU; 1 = in this process)")
+    parser.add_argument("--num-shards", type=int, default=1)
+    parser.add_argument("--shard-id", type=int, default=0)
+    parser.add_argument("--config", help="YAML config file (its preprocess section is used)")
+    parser.add_argument("--csv-dir", help="folder holding the three CSVs")
+    for split in meld.SPLITS:
+        parser.add_argument(f"--{split}-csv", help=f"CSV of the {split} split")
+        parser.add_argument(f"--{split}-clips", help=f"clip folder of the {split} split")
+    parser.add_argument("--merge", action="store_true",
+                        help="only write the manifests of OUT_DIR's finished splits")
+    args = parser.parse_intermixed_args(argv)
+    args.overrides = [item for item in args.positional if OVERRIDE.match(item)]
+    paths = [Path(item) for item in args.positional if not OVERRIDE.match(item)]
+    if args.merge and len(paths) in (1, 2):
+        args.meld_root, args.out_dir = None, paths[-1]
+    elif len(paths) == 2:
+        args.meld_root, args.out_dir = paths
+    else:
+        parser.error("expected MELD_ROOT OUT_DIR (or --merge OUT_DIR)")
+    args.splits = [split.strip() for split in args.splits.split(",") if split.strip()]
+    unknown = sorted(set(args.splits) - set(meld.SPLITS))
+    if unknown or not args.splits:
+        parser.error(f"--splits: unknown {unknown}; choose from {list(meld.SPLITS)}")
+    if args.num_shards < 1 or not 0 <= args.shard_id < args.num_shards:
+        parser.error(f"--shard-id must be in [0, --num-shards), got {args.shard_id} of {args.num_shards}")
+    try:
+        # Only the preprocess section is used: the model sections are not resolved, so a
+        # text-only cache needs no model.modalities override.
+        args.pcfg = from_dict(Config, resolve_raw(Config, args.config, args.overrides)).preprocess
+    except ConfigError as err:
+        parser.error(str(err))
+    return args
+
+
+def merge(out_dir: Path, splits: Sequence[str]) -> int:
+    """Write the manifest of each finished split; 1 if any split is still incomplete."""
+    status = 0
+    for split in splits:
+        split_dir = out_dir / split
+        if not (split_dir / "ids.json").is_file():
+            logger.info("%s: no cache in %s", split, split_dir)
+            continue
+        missing = cache.merge_split(split_dir)
+        if missing:
+            status = 1
+            logger.error("%s: %d ids have no status yet (e.g. %s); run the remaining shards",
+                         split, len(missing), ", ".join(missing[:5]))
+        else:
+            logger.info("%s: wrote %s", split, split_dir / "manifest.jsonl")
+    return status
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    if args.merge:
+        return merge(args.out_dir, args.splits)
+    pcfg = args.pcfg
+    needs_clips = bool({"audio", "video"} & set(pcfg.modalities))
+    try:  # read every CSV first, so that a bad one stops the run before any work
+        plans = {}
+        for split in args.splits:
+            csv_path, clip_dir = split_sources(args, split, needs_clips)
+            plans[split] = plan_split(split, csv_path, clip_dir, args.out_dir / split, pcfg)
+    except (FileNotFoundError, meld.MeldFormatError) as err:
+        logger.error("%s", err)
+        return 1
+    runner = Runner(to_dict(pcfg), args.workers)
+    failed = True
+    try:
+        for split, (tasks, extras) in plans.items():
+            preprocess_split(split, tasks, extras, args.out_dir / split, pcfg, runner,
+                             args.num_shards, args.shard_id)
+        failed = False
+    except cache.CacheMismatchError as err:
+        logger.error("%s", err)
+        return 1
+    finally:
+        runner.close(failed)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,529 @@
+"""Training: ``python -m pipeline.train --config configs/X.yaml [key=value ...]``.
+
+One process on the CPU or one GPU, or one process per GPU under
+``torchrun --nproc_per_node=N -m pipeline.train ...`` (``scripts/train_ddp.sh``); under
+DDP ``train.batch_size`` is per rank. The configuration is resolved once, before anything
+else, and written to ``output_dir/config.yaml``. Rank 0 alone logs, writes and plots:
+
+    output_dir/config.yaml                 the resolved configuration
+    output_dir/last.pt, best.pt            checkpoints: every epoch / best validation emotion weighted F1
+    output_dir/metrics.json                per-epoch training loss and validation metrics, final test metrics
+    output_dir/report.txt                  per-class precision/recall/F1 (test split with best.pt,
+    output_dir/classification_report.json  or the validation split when there is no test cache)
+    output_dir/confusion_matrix.png        emotion (and confusion_matrix_sentiment.png)
+    output_dir/curves.png                  training loss and validation weighted F1 per epoch
+    output_dir/events.out.tfevents.*       TensorBoard
+
+The data order is a function of ``(train.seed, epoch)`` and each rank's random state is
+stored in every checkpoint, so ``train.resume=true`` after a kill (between or during
+epochs) reaches the same final metrics as an uninterrupted run on the CPU.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import math
+import os
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.distributed.elastic.multiprocessing.errors import record
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from tqdm import tqdm
+
+from pipeline import distributed as dist
+from pipeline.cache import CacheSplit
+from pipeline.config import Config, ConfigError, TrainConfig, dump_yaml, format_config, load_config, to_dict
+from pipeline.data import MeldDataset, collate
+from pipeline.labels import EMOTIONS, SENTIMENTS, label_vocab
+from pipeline.losses import MultitaskLoss, build_loss
+from pipeline.metrics import compute_metrics, format_report, plot_confusion_matrix, plot_curves
+from pipeline.model import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, MultimodalModel, build_model, load_checkpoint
+
+log = logging.getLogger(__name__)
+
+MONITOR = ("emotion", "weighted_f1")  # validation metric for best.pt and early stopping
+
+
+# --------------------------------------------------------------------------- data
+def open_split(cfg: Config, split: str, required: bool) -> CacheSplit | None:
+    """The cache of ``split``, checked against ``cfg.preprocess`` (None if absent and optional)."""
+    split_dir = Path(cfg.data.cache_dir) / split
+    if not (split_dir / "meta.json").is_file():
+        if required:
+            raise FileNotFoundError(f"no feature cache for split {split!r} in {split_dir}; preprocess "
+                                    "the data first (scripts/preprocess_meld.sh) or set data.cache_dir")
+        return None
+    cache = CacheSplit(split_dir)
+    cache.check_params(to_dict(cfg.preprocess))
+    if not cache.complete:
+        raise RuntimeError(f"the cache of split {split!r} in {split_dir} is incomplete (preprocessing has "
+                           "not finished); finish it before training")
+    if len(cache) == 0:
+        raise RuntimeError(f"the cache of split {split!r} in {split_dir} holds no usable sample")
+    return cache
+
+
+class ClassBalancedSampler(Sampler[int]):
+    """Samples drawn with replacement so that each emotion class is equally likely.
+
+    Every rank draws the same global sequence from ``(seed, epoch)`` and keeps every
+    ``num_replicas``-th entry from its ``rank`` on, so the ranks' shares are disjoint and
+    together form one balanced epoch of ``len(labels)`` samples (rounded up to a multiple
+    of ``num_replicas``). Samples without an emotion label are never drawn.
+    """
+
+    def __init__(self, labels: Sequence[int], num_replicas: int = 1, rank: int = 0, seed: int = 0) -> None:
+        labels = np.asarray(labels)
+        known = labels >= 0
+        counts = np.bincount(labels[known], minlength=len(EMOTIONS))
+        weights = np.zeros(len(labels))
+        weights[known] = 1.0 / counts[labels[known]]
+        self.weights = torch.as_tensor(weights, dtype=torch.float64)
+        self.num_replicas, self.rank, self.seed, self.epoch = num_replicas, rank, seed, 0
+        self.num_samples = math.ceil(len(labels) / num_replicas)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        draws = torch.multinomial(self.weights, self.num_samples * self.num_replicas, replacement=True,
+                                  generator=generator)
+        return iter(draws[self.rank::self.num_replicas].tolist())
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+
+def make_loader(dataset: Dataset, sampler: Sampler, cfg: Config, device: torch.device) -> DataLoader:
+    """A loader over ``sampler``'s share of ``dataset``; workers stay alive across epochs.
+
+    The loader gets its own generator so that iterating it never draws from the global
+    random state (which must stay a function of the seed for exact resumes).
+    """
+    workers = cfg.data.num_workers
+    return DataLoader(dataset, batch_size=cfg.train.batch_size, sampler=sampler, collate_fn=collate,
+                      num_workers=workers, pin_memory=device.type == "cuda",
+                      persistent_workers=workers > 0, generator=torch.Generator())
+
+
+def to_device(batch: Any, device: torch.device) -> Any:
+    """Move every tensor of a (nested) batch to ``device``."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, Mapping):
+        return {key: to_device(value, device) for key, value in batch.items()}
+    return batch
+
+
+class TokenMasker:
+    """Text augmentation: in ``sample_share`` of the samples, replace ``token_share`` of the
+    real (non-special, non-padding) tokens with the tokenizer's mask token."""
+
+    def __init__(self, tokenizer: Any, token_share: float, sample_share: float) -> None:
+        if tokenizer.mask_token_id is None:
+            raise ConfigError(f"train.token_mask_samples: the tokenizer {type(tokenizer).__name__} has no "
+                              "mask token; set train.token_mask_samples=0")
+        self.mask_id = tokenizer.mask_token_id
+        self.special_ids = torch.tensor(sorted(tokenizer.all_special_ids))
+        self.token_share, self.sample_share = token_share, sample_share
+
+    def __call__(self, text: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``{"input_ids": Long[B,L], "attention_mask": [B,L], ...}`` -> the same with masked ids."""
+        input_ids = text["input_ids"]
+        batch, length = input_ids.shape
+        chosen = torch.rand(batch) < self.sample_share
+        candidates = (text["attention_mask"].bool() & ~torch.isin(input_ids, self.special_ids)
+                      & chosen[:, None])
+        masked = candidates & (torch.rand(batch, length) < self.token_share)
+        return {**text, "input_ids": input_ids.masked_fill(masked, self.mask_id)}
+
+
+# --------------------------------------------------------------------------- optimisation
+def param_groups(model: MultimodalModel, cfg: TrainConfig) -> list[dict]:
+    """AdamW groups: pretrained encoders at ``encoder_lr``, everything else at ``lr``; no weight
+    decay on biases and normalisation weights (the 1-D parameters)."""
+    groups = []
+    for params, lr in ((model.pretrained_parameters(), cfg.encoder_lr), (model.scratch_parameters(), cfg.lr)):
+        for decay in (True, False):
+            chosen = [p for p in params if (p.ndim > 1) == decay]
+            if chosen:
+                groups.append({"params": chosen, "lr": lr, "weight_decay": cfg.weight_decay if decay else 0.0})
+    return groups
+
+
+def warmup_cosine(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
+    """LR factor per optimizer step: linear warmup to 1, then cosine decay towards 0."""
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / (warmup_steps + 1)
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+    return factor
+
+
+def amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype: ``auto`` is bf16 on GPUs that support it, else fp16, and off on the CPU."""
+    if setting == "off" or (setting == "auto" and device.type != "cuda"):
+        return None
+    if setting == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if setting == "fp16" and device.type != "cuda":
+        raise ConfigError("train.amp: fp16 needs a CUDA device; use bf16 or off on the CPU")
+    return torch.bfloat16 if setting == "bf16" else torch.float16
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def wrap_ddp(model: nn.Module, device: torch.device) -> nn.Module:
+    """DDP around ``model`` under torchrun (again after unfreezing: DDP registers only the
+    parameters that require gradients when it is built)."""
+    if not dist.is_distributed():
+        return model
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+# --------------------------------------------------------------------------- random state
+def rng_state() -> dict[str, Any]:
+    """This process's random states as tensors and lists (loadable with weights_only=True)."""
+    _, keys, pos, has_gauss, cached = np.random.get_state()
+    version, python_state, gauss = random.getstate()
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": [torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
+            "python": [version, list(python_state), gauss]}
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state(("MT19937", keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    version, python_state, gauss = state["python"]
+    random.setstate((version, tuple(python_state), gauss))
+
+
+# --------------------------------------------------------------------------- loops
+def train_one_epoch(model: nn.Module, loader: DataLoader, loss_fn: MultitaskLoss,
+                    optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
+                    scaler: torch.amp.GradScaler, device: torch.device, cfg: TrainConfig, epoch: int,
+                    dtype: torch.dtype | None = None, augment: TokenMasker | None = None,
+                    writer: Any = None) -> dict[str, float]:
+    """One pass over ``loader`` (at most ``cfg.max_steps_per_epoch`` batches).
+
+    Gradients of ``cfg.accumulate`` batches make one optimizer step (DDP synchronises only
+    on the last of them); the scheduler steps with the optimizer. Returns this rank's mean
+    loss, per-task losses, sample count, and the seconds spent in total and waiting for data.
+    """
+    model.train()
+    steps = len(loader) if cfg.max_steps_per_epoch == 0 else min(len(loader), cfg.max_steps_per_epoch)
+    sums: dict[str, torch.Tensor] = {}
+    samples, data_wait = 0, 0.0
+    optimizer.zero_grad(set_to_none=True)
+    start = time.perf_counter()
+    batches = iter(loader)
+    progress = tqdm(range(steps), desc=f"epoch {epoch + 1}", disable=not dist.is_main_process(),
+                    leave=False, file=sys.stderr)
+    for step in progress:
+        wait_start = time.perf_counter()
+        batch = next(batches)
+        data_wait += time.perf_counter() - wait_start
+        if augment is not None and "text" in batch:
+            batch["text"] = augment(batch["text"])
+        batch = to_device(batch, device)
+        group_start = step - step % cfg.accumulate
+        group_size = min(cfg.accumulate, steps - group_start)
+        last_in_group = step == group_start + group_size - 1
+        sync = contextlib.nullcontext() if last_in_group or not isinstance(model, DistributedDataParallel) \
+            else model.no_sync()
+        with sync:
+            with autocast(device, dtype):
+                outputs = model(batch)
+            loss, parts = loss_fn({k: v.float() for k, v in outputs.items()}, batch["labels"])
+            scaler.scale(loss / group_size).backward()
+        if last_in_group:
+            if cfg.grad_clip > 0:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+        samples += len(batch["ids"])
+        for name, value in {"loss": loss.detach(), **parts}.items():
+            sums[name] = sums.get(name, 0.0) + value
+        if (step + 1) % cfg.log_every == 0 and dist.is_main_process():
+            current = loss.item()
+            progress.set_postfix(loss=f"{current:.4f}")
+            if writer is not None:
+                global_step = epoch * steps + step + 1
+                writer.add_scalar("train/loss", current, global_step)
+                writer.add_scalar("train/lr", scheduler.get_last_lr()[-1], global_step)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - start
+    means = {name: float(total) / max(steps, 1) for name, total in sums.items()}
+    return {"loss": means.pop("loss", float("nan")), "parts": means, "samples": samples, "steps": steps,
+            "seconds": seconds, "data_wait": data_wait}
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, loader: DataLoader, loss_fn: MultitaskLoss, device: torch.device,
+             dtype: torch.dtype | None = None) -> tuple[dict, dict[str, np.ndarray]]:
+    """Metrics of ``model`` on every sample of ``loader``'s dataset.
+
+    Each rank predicts its share; the predictions of all ranks are gathered with their clip
+    ids and the duplicates that DistributedSampler pads with are dropped, so the metrics
+    (and the loss, recomputed on the gathered outputs) are those of the whole split,
+    identical on every rank. Returns (metrics, arrays sorted by id).
+    """
+    model.eval()
+    ids: list[str] = []
+    chunks: dict[str, list[np.ndarray]] = {}
+    for batch in loader:
+        labels = batch["labels"]
+        with autocast(device, dtype):
+            outputs = model(to_device(batch, device))
+        ids.extend(batch["ids"])
+        for task in ("emotion", "sentiment", "regression"):
+            if task in outputs and task in labels:
+                chunks.setdefault(task, []).append(outputs[task].float().cpu().numpy())
+                chunks.setdefault(f"{task}_label", []).append(labels[task].numpy())
+    local = {"ids": ids, **{name: np.concatenate(parts) for name, parts in chunks.items()}}
+    first: dict[str, tuple[int, int]] = {}
+    gathered = dist.all_gather_objects(local)
+    for rank, part in enumerate(gathered):
+        for row, id_ in enumerate(part["ids"]):
+            first.setdefault(id_, (rank, row))
+    order = sorted(first)
+    arrays = {"ids": np.array(order)}
+    for name in local:
+        if name != "ids":
+            arrays[name] = np.stack([gathered[rank][name][row] for rank, row in (first[i] for i in order)])
+    metrics = compute_metrics(arrays)
+    outputs = {task: torch.from_numpy(arrays[task]).to(device) for task in ("emotion", "sentiment", "regression")
+               if task in arrays}
+    labels = {task: torch.from_numpy(arrays[f"{task}_label"]).to(device) for task in outputs}
+    metrics["loss"] = float(loss_fn(outputs, labels)[0])
+    return metrics, arrays
+
+
+# --------------------------------------------------------------------------- outputs
+def write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
+    tmp.replace(path)
+
+
+def write_reports(out_dir: Path, metrics: Mapping[str, Any], split: str) -> None:
+    """Per-class report (text and JSON) and confusion matrix images of the final evaluation."""
+    classification = {task: result for task, result in metrics.items()
+                      if isinstance(result, dict) and "per_class" in result}
+    (out_dir / "report.txt").write_text(f"split: {split}\n\n{format_report(metrics)}", encoding="utf-8")
+    write_json(out_dir / "classification_report.json", {"split": split, **classification})
+    for task, names in (("emotion", EMOTIONS), ("sentiment", SENTIMENTS)):
+        if task in classification:
+            name = "confusion_matrix.png" if task == "emotion" else f"confusion_matrix_{task}.png"
+            plot_confusion_matrix(classification[task]["confusion_matrix"], names, out_dir / name,
+                                  f"{task} ({split})")
+
+
+def monitored(metrics: Mapping[str, Any]) -> float:
+    task, name = MONITOR
+    return float(metrics.get(task, {}).get(name, float("nan")))
+
+
+def labels_of(dataset: MeldDataset) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The training split's labels without loading any array: emotion and sentiment class
+    indices ``[N]`` (-100 unknown) and regression targets ``[N, K]`` (NaN unknown)."""
+    labels = dataset.labels()
+    return labels["emotion"], labels["sentiment"], labels["regression"]
+
+
+# --------------------------------------------------------------------------- main
+def train(cfg: Config, device: torch.device) -> dict:
+    """Train with the resolved ``cfg`` on ``device`` (inside an initialised process group
+    under torchrun); returns the content of metrics.json."""
+    out_dir = Path(cfg.output_dir)
+    main = dist.is_main_process()
+    rank, world = dist.get_rank(), dist.get_world_size()
+    last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
+    if last_path.exists() and not cfg.train.resume:
+        raise FileExistsError(f"{out_dir} already holds a run (last.pt); continue it with train.resume=true "
+                              "or choose another output_dir")
+    if main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        dump_yaml(cfg, out_dir / "config.yaml")
+    dist.seed_everything(cfg.train.seed)
+
+    caches = {"train": open_split(cfg, cfg.data.train_split, True),
+              "val": open_split(cfg, cfg.data.val_split, True),
+              "test": open_split(cfg, cfg.data.test_split, False)}
+    datasets = {name: MeldDataset(cache.split_dir, cfg.model.modalities)
+                for name, cache in caches.items() if cache is not None}
+    emotion, sentiment, regression = labels_of(datasets["train"])
+    if cfg.data.balanced_sampler:
+        train_sampler: Sampler = ClassBalancedSampler(emotion, world, rank, cfg.train.seed)
+    else:
+        train_sampler = DistributedSampler(datasets["train"], world, rank, shuffle=True, seed=cfg.train.seed)
+    loaders = {"train": make_loader(datasets["train"], train_sampler, cfg, device)}
+    for name in ("val", "test"):
+        if name in datasets:
+            sampler = DistributedSampler(datasets[name], world, rank, shuffle=False)
+            loaders[name] = make_loader(datasets[name], sampler, cfg, device)
+
+    model = build_model(cfg).to(device)
+    if cfg.train.gradient_checkpointing:
+        model.enable_gradient_checkpointing()
+    loss_fn = build_loss(cfg.train, emotion, sentiment, regression).to(device)
+    augment = None
+    if "text" in cfg.model.modalities and cfg.train.token_mask_samples > 0 and cfg.train.token_mask_prob > 0:
+        from encoders.text import load_tokenizer
+
+        tokenizer = load_tokenizer(cfg.preprocess.text.model)
+        augment = TokenMasker(tokenizer, cfg.train.token_mask_prob, cfg.train.token_mask_samples)
+
+    steps_per_epoch = len(loaders["train"])
+    if cfg.train.max_steps_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, cfg.train.max_steps_per_epoch)
+    optimizer_steps = cfg.train.epochs * math.ceil(steps_per_epoch / cfg.train.accumulate)
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.train))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, warmup_cosine(int(cfg.train.warmup_ratio * optimizer_steps), optimizer_steps))
+    dtype = amp_dtype(cfg.train.amp, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+
+    start_epoch, best, bad_epochs, history = 0, -math.inf, 0, []
+    if cfg.train.resume and last_path.exists():
+        ckpt = load_checkpoint(last_path)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        if ckpt["scaler"] is not None:
+            scaler.load_state_dict(ckpt["scaler"])
+        start_epoch, best, bad_epochs = ckpt["epoch"], ckpt["best_metric"], ckpt["bad_epochs"]
+        history = ckpt["metrics"]
+        if len(ckpt["rng"]) == world:
+            set_rng_state(ckpt["rng"][rank])
+        else:
+            log.warning("last.pt was written by %d ranks, this job has %d: random states start afresh",
+                        len(ckpt["rng"]), world)
+        log.info("resumed from %s after epoch %d (best %s %.4f)", last_path, start_epoch, MONITOR, best)
+    elif cfg.train.resume:
+        log.warning("train.resume=true but %s does not exist: starting from scratch", last_path)
+
+    writer = None
+    if main:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(out_dir), purge_step=start_epoch * steps_per_epoch + 1)
+    unfrozen = False
+    ddp_model = wrap_ddp(model, device)
+    patience = cfg.train.early_stopping_patience
+    log.info("training %d samples (%d steps/epoch/rank, %d ranks), validating on %d, testing on %s",
+             len(datasets["train"]), steps_per_epoch, world, len(datasets["val"]),
+             len(datasets["test"]) if "test" in datasets else "none")
+    for epoch in range(start_epoch, cfg.train.epochs):
+        if patience and bad_epochs >= patience:
+            break
+        if 0 < cfg.train.unfreeze_after_epochs <= epoch and not unfrozen and "text" in model.encoders:
+            model.encoders["text"].set_trainable_layers(0)
+            ddp_model = wrap_ddp(model, device)
+            unfrozen = True
+            log.info("epoch %d: text encoder fully trainable", epoch + 1)
+        train_sampler.set_epoch(epoch)
+        stats = train_one_epoch(ddp_model, loaders["train"], loss_fn, optimizer, scheduler, scaler, device,
+                                cfg.train, epoch, dtype, augment, writer)
+        val, _ = evaluate(model, loaders["val"], loss_fn, device, dtype)
+        score = monitored(val)
+        improved = score > best
+        best, bad_epochs = (score, 0) if improved else (best, bad_epochs + 1)
+        row = {"epoch": epoch + 1, "train_loss": dist.reduce_mean(stats["loss"], device),
+               "train_parts": {k: dist.reduce_mean(v, device) for k, v in stats["parts"].items()},
+               "lr": scheduler.get_last_lr(), "seconds": stats["seconds"],
+               "samples_per_second": stats["samples"] * world / max(stats["seconds"], 1e-9),
+               "data_wait_share": stats["data_wait"] / max(stats["seconds"], 1e-9), "val": val}
+        history.append(row)
+        rng = dist.all_gather_objects(rng_state())
+        checkpoint = {
+            "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+            "epoch": epoch + 1, "best_metric": best, "bad_epochs": bad_epochs, "sampler_epoch": epoch + 1,
+            "config": to_dict(cfg), "preprocess": caches["train"].preprocess, "labels": label_vocab(),
+            "rng": rng, "metrics": history,
+        }
+        if improved:  # best.pt before last.pt: a kill in between reruns this epoch, rewriting both
+            dist.save_on_main(checkpoint, best_path)
+        dist.save_on_main(checkpoint, last_path)
+        log.info("epoch %d/%d: train loss %.4f, val loss %.4f, val emotion weighted F1 %.4f%s "
+                 "(%.0f samples/s, %.0f%% waiting for data)", epoch + 1, cfg.train.epochs, row["train_loss"],
+                 val["loss"], score, " (best)" if improved else "", row["samples_per_second"],
+                 100 * row["data_wait_share"])
+        if main:
+            for name, value in (("val/loss", val["loss"]), ("val/emotion_weighted_f1", score),
+                                ("train/epoch_loss", row["train_loss"])):
+                writer.add_scalar(name, value, (epoch + 1) * steps_per_epoch)
+            write_json(out_dir / "metrics.json", summary(history, best, None))
+            plot_curves(history, out_dir / "curves.png")
+
+    dist.barrier()  # best.pt is complete on disk before any rank reads it
+    model.load_state_dict(load_checkpoint(best_path)["model"])
+    final_split = "test" if "test" in loaders else "val"
+    final, _ = evaluate(model, loaders[final_split], loss_fn, device, dtype)
+    result = summary(history, best, final if final_split == "test" else None)
+    if main:
+        write_json(out_dir / "metrics.json", result)
+        write_reports(out_dir, final, cfg.data.test_split if final_split == "test" else cfg.data.val_split)
+        plot_curves(history, out_dir / "curves.png")
+        writer.close()
+        log.info("%s with best.pt (epoch %s):\n%s", final_split, result["best_epoch"], format_report(final))
+    return result
+
+
+def summary(history: list[dict], best: float, test: dict | None) -> dict:
+    """The content of metrics.json."""
+    best_epoch = next((row["epoch"] for row in history if monitored(row["val"]) == best), None)
+    return {"monitor": ".".join(MONITOR), "best_epoch": best_epoch, "best_val": best, "epochs": history,
+            "test": test}
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.train", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="YAML file (configs/*.yaml); dataclass defaults without it")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="dotted overrides, e.g. train.epochs=5 data.cache_dir=cache")
+    return parser.parse_args(argv)
+
+
+@record
+def main(argv: Sequence[str] | None = None) -> dict:
+    """Resolve the config, join the process group (under torchrun), train, leave the group."""
+    args = parse_args(argv)
+    cfg = load_config(args.config, args.overrides)
+    dist.setup_logging()
+    log.info("resolved config:\n%s", format_config(cfg))
+    device = dist.init_distributed(cfg.train.device, cfg.train.dist_timeout_minutes)
+    result = train(cfg, device)
+    dist.cleanup()
+    return result
+
+
+if __name__ == "__main__":
+    main()

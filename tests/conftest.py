@@ -1,0 +1,70 @@
+"""Fixtures shared across the test tree."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+TINY_VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]",
+              "i", "am", "so", "happy", "very", "glad", "the", "train", "leaves", "at", "noon", "."]
+
+
+def save_tiny_text_model(folder: Path, architecture: str = "bert") -> Path:
+    """Write a tiny random Hugging Face encoder (hidden 32, 2 layers, 2 heads) and a WordPiece
+    tokenizer over :data:`TINY_VOCAB` into ``folder``; usable as ``model: <folder>``."""
+    from transformers import BertConfig, BertModel, BertTokenizerFast, DistilBertConfig, DistilBertModel
+
+    folder.mkdir(parents=True, exist_ok=True)
+    BertTokenizerFast(vocab={token: i for i, token in enumerate(TINY_VOCAB)}).save_pretrained(folder)
+    if architecture == "bert":
+        model = BertModel(BertConfig(vocab_size=len(TINY_VOCAB), hidden_size=32, num_hidden_layers=2,
+                                     num_attention_heads=2, intermediate_size=64, max_position_embeddings=64))
+    else:  # DistilBERT: no pooler, layers under transformer.layer
+        model = DistilBertModel(DistilBertConfig(vocab_size=len(TINY_VOCAB), dim=32, n_layers=2, n_heads=2,
+                                                 hidden_dim=64, max_position_embeddings=64))
+    model.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_text_model(tmp_path_factory) -> str:
+    """Folder of a tiny random BERT with its tokenizer (see :func:`save_tiny_text_model`)."""
+    return str(save_tiny_text_model(tmp_path_factory.mktemp("tiny_bert")))
+
+
+@pytest.fixture(scope="session")
+def tiny_distilbert_model(tmp_path_factory) -> str:
+    """Folder of a tiny random DistilBERT (no pooler) with the same tokenizer."""
+    return str(save_tiny_text_model(tmp_path_factory.mktemp("tiny_distilbert"), "distilbert"))
+
+
+# Preprocessing and model overrides that fit :func:`tiny_meld_cache` (tiny frames, short
+# audio, 16 tokens) and keep every encoder tiny (VGGish with a few channels, ResNet-18
+# without pretrained weights).
+TINY_PREPROCESS = ["preprocess.text.max_length=16", "preprocess.audio.max_seconds=1.5",
+                   "preprocess.video.size=32", "preprocess.video.num_frames=2"]
+TINY_MODEL = ["model.encoders.audio.channels=[4,4,8,8,8,8]", "model.encoders.audio.fc_dims=[16]",
+              "model.encoders.video.weights=none"]
+
+
+@pytest.fixture(scope="session")
+def tiny_meld_cache(tmp_path_factory, tiny_text_model) -> dict:
+    """A feature cache of a generated MELD folder (all three splits, 2 clips per emotion in
+    each, 1 s clips at 64x36, plus the unlabelled extras), preprocessed with tiny params.
+
+    Returns ``{"cache_dir": str, "text_model": str, "overrides": [key=value, ...]}``: the
+    overrides (``data.cache_dir``, ``preprocess.*`` and tiny encoders) make any config
+    read this cache with a tiny model.
+    """
+    from pipeline import preprocess, sample
+
+    root = tmp_path_factory.mktemp("tiny_meld")
+    sample.generate(root / "MELD.Raw", clips_per_class=2, seed=0, width=64, height=36,
+                    duration_range=(1.0, 1.0), workers=2)
+    preprocess_overrides = [f"preprocess.text.model={tiny_text_model}", *TINY_PREPROCESS]
+    status = preprocess.main([str(root / "MELD.Raw"), str(root / "cache"), "--workers", "2",
+                              *preprocess_overrides])
+    assert status == 0, "preprocessing the tiny MELD folder failed"
+    cache_dir = str(root / "cache")
+    return {"cache_dir": cache_dir, "text_model": tiny_text_model,
+            "overrides": [f"data.cache_dir={cache_dir}", *preprocess_overrides, *TINY_MODEL]}

@@ -1,0 +1,86 @@
+"""Every registered head: task outputs, gradients, gates and the MoE balance loss."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import fusion
+from fusion.heads import balance_loss
+
+torch.set_num_threads(1)
+OUTPUTS = {"emotion": 7, "sentiment": 3, "regression": 2}
+IN_DIM = 16
+GATED = {"gated": sum(OUTPUTS.values()), "moe": 4}  # head -> gate width
+
+
+def make(name: str, **fields) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return fusion.build_head({"type": name, **fields}, IN_DIM, OUTPUTS)
+
+
+@pytest.mark.parametrize("name", sorted(fusion.HEADS))
+def test_outputs_per_task(name):
+    head = make(name).eval()
+    out = head(torch.randn(5, IN_DIM))
+    for task, size in OUTPUTS.items():
+        assert out[task].shape == (5, size)
+    assert out["aux_loss"].shape == ()
+    if name in GATED:
+        assert out["gates"].shape == (5, GATED[name])
+        torch.testing.assert_close(out["gates"].sum(1), torch.ones(5))
+        assert (out["gates"] >= 0).all()
+    else:
+        assert "gates" not in out and out["aux_loss"] == 0
+
+
+@pytest.mark.parametrize("name", sorted(fusion.HEADS))
+def test_gradients_reach_every_parameter(name):
+    head = make(name).train()
+    x = torch.randn(6, IN_DIM, requires_grad=True)
+    out = head(x)
+    loss = sum((out[task] * torch.randn_like(out[task])).sum() for task in OUTPUTS) + out["aux_loss"]
+    loss.backward()
+    no_grad = [n for n, p in head.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not no_grad, no_grad
+    assert x.grad.abs().sum() > 0
+
+
+def test_regression_head_is_the_funnel_mlp():
+    head = make("regression")
+    widths = [m.out_features for m in head.modules() if isinstance(m, torch.nn.Linear)]
+    assert widths == [IN_DIM // 2, IN_DIM // 4, sum(OUTPUTS.values())]
+    assert sum(isinstance(m, torch.nn.LayerNorm) for m in head.modules()) == 2
+    assert all(m.p == 0.3 for m in head.modules() if isinstance(m, torch.nn.Dropout))
+
+
+def test_balance_loss_is_zero_for_uniform_load_and_positive_otherwise():
+    uniform = torch.full((8, 4), 0.25)
+    assert balance_loss(uniform) == 0
+    alternating = torch.eye(4).repeat(2, 1)  # every sample picks one expert, but evenly
+    assert balance_loss(alternating) == 0
+    collapsed = torch.tensor([[0.7, 0.1, 0.1, 0.1]]).repeat(8, 1)
+    assert balance_loss(collapsed) > 0
+    assert balance_loss(torch.eye(4)[[0] * 8]) > balance_loss(collapsed)
+
+
+def test_moe_aux_loss_uses_the_coefficient():
+    head = make("moe", balance_coef=0.01).eval()
+    with torch.no_grad():
+        out = head(torch.randn(5, IN_DIM))
+        assert out["aux_loss"] > 0
+        torch.testing.assert_close(out["aux_loss"], 0.01 * balance_loss(out["gates"]))
+        last = head.gate[-1]
+        last.weight.zero_()
+        last.bias.zero_()  # a constant gate: uniform load
+        out = head(torch.randn(5, IN_DIM))
+    torch.testing.assert_close(out["gates"], torch.full((5, 4), 0.25))
+    assert out["aux_loss"] == 0
+
+
+def test_config_errors_name_the_field():
+    with pytest.raises(ValueError, match="num_experts"):
+        fusion.HEADS["moe"].Config(num_experts=1)
+    with pytest.raises(ValueError, match="dropout"):
+        fusion.HEADS["gated"].Config(dropout=1.5)
+    with pytest.raises(ValueError, match="hidden"):
+        fusion.HEADS["classification"].Config(hidden=0)

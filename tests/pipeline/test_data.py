@@ -1,0 +1,92 @@
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from pipeline import cache
+from pipeline.config import PreprocessConfig, VideoFeatures, to_dict
+from pipeline.data import MIN_AUDIO_FRAMES, MeldDataset, collate
+
+PARAMS = to_dict(PreprocessConfig(video=VideoFeatures(num_frames=2, size=16)))
+
+
+def sample(id_: str, modalities: list[str], tokens: int, frames_t: int, emotion: str | None, sentiment: str | None):
+    row = {"id": id_, "split": "dev", "status": "ok", "reason": None, "modalities": modalities,
+           "emotion": emotion, "sentiment": sentiment, "speaker": "Joey", "dialogue_id": 0,
+           "utterance_id": 0, "text": "hi"}
+    arrays = {}
+    if "text" in modalities:
+        arrays["input_ids"] = np.arange(1, tokens + 1, dtype=np.int32)
+        arrays["attention_mask"] = np.ones(tokens, np.int8)
+    if "audio" in modalities:
+        arrays["log_mel"] = np.full((frames_t, 64), 2.0, np.float32)
+    if "video" in modalities:
+        arrays["frames"] = np.full((2, 16, 16, 3), 7, np.uint8)
+    return row, arrays
+
+
+@pytest.fixture()
+def split_dir(tmp_path):
+    samples = [sample("dia0_utt0", ["audio", "text", "video"], 5, 40, "fear", "negative"),
+               sample("dia0_utt1", ["text", "video"], 9, 0, "joy", "positive"),  # clip without audio
+               sample("dia0_utt2", ["audio", "text"], 3, 120, "neutral", "neutral"),  # without video
+               sample("dia0_utt3", ["audio", "text", "video"], 4, 10, None, None)]  # labels unknown
+    ids = [row["id"] for row, _ in samples] + ["dia0_utt4"]
+    split_dir = cache.prepare_split(tmp_path / "dev", "dev", PARAMS, ids)
+    for row, arrays in samples:
+        cache.write_entry(split_dir, row, arrays)
+    cache.write_entry(split_dir, {**samples[0][0], "id": "dia0_utt4", "status": "skipped", "reason": "empty file",
+                                  "modalities": []})
+    cache.merge_split(split_dir)
+    return split_dir
+
+
+def test_collate_builds_the_spec_batch(split_dir):
+    dataset = MeldDataset(split_dir)
+    assert len(dataset) == 4  # the skipped row is not a sample
+    batch = collate([dataset[i] for i in range(4)])
+    assert batch["ids"] == ["dia0_utt0", "dia0_utt1", "dia0_utt2", "dia0_utt3"]
+
+    text = batch["text"]
+    assert text["input_ids"].shape == (4, 9) and text["input_ids"].dtype == torch.long
+    assert text["attention_mask"].dtype == torch.long
+    assert text["attention_mask"].sum(1).tolist() == [5, 9, 3, 4]
+    assert text["input_ids"][0].tolist() == [1, 2, 3, 4, 5, 0, 0, 0, 0]
+    assert text["mask"].tolist() == [True, True, True, True]
+
+    audio = batch["audio"]
+    assert audio["log_mel"].shape == (4, 120, 64) and audio["log_mel"].dtype == torch.float32
+    assert audio["lengths"].tolist() == [40, 0, 120, 10]
+    assert audio["mask"].tolist() == [True, False, True, True]
+    assert audio["log_mel"][0, :40].eq(2).all() and audio["log_mel"][0, 40:].eq(0).all()
+    assert audio["log_mel"][1].eq(0).all()
+
+    video = batch["video"]
+    assert video["frames"].shape == (4, 2, 3, 16, 16) and video["frames"].dtype == torch.uint8
+    assert video["mask"].tolist() == [True, True, False, True]
+    assert video["frames"][2].eq(0).all() and video["frames"][0].eq(7).all()
+
+    labels = batch["labels"]
+    assert labels["emotion"].tolist() == [6, 1, 0, -100]
+    assert labels["sentiment"].tolist() == [2, 1, 0, -100]
+    assert labels["regression"].shape == (4, 1)
+    assert labels["regression"][:3, 0].tolist() == [-1.0, 1.0, 0.0] and math.isnan(labels["regression"][3, 0])
+
+
+def test_short_audio_is_padded_to_the_minimum_and_modalities_can_be_chosen(split_dir):
+    dataset = MeldDataset(split_dir, modalities=["audio"])
+    batch = collate([dataset[0], dataset[3]])
+    assert set(batch) == {"ids", "labels", "audio"}
+    assert batch["audio"]["log_mel"].shape == (2, MIN_AUDIO_FRAMES, 64)
+    with pytest.raises(ValueError, match="not in the cache"):
+        MeldDataset(split_dir, modalities=["text", "depth"])
+
+
+def test_works_in_a_dataloader(split_dir):
+    loader = DataLoader(MeldDataset(split_dir, ["text", "video"]), batch_size=3, collate_fn=collate)
+    sizes = [len(batch["ids"]) for batch in loader]
+    assert sizes == [3, 1]

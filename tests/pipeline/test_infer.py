@@ -1,0 +1,270 @@
+"""Batch inference end to end: a tiny model checkpoint for the generated MELD folder of
+``tiny_meld_cache``, ``pipeline.infer`` over its test clips (compared with evaluating them
+through the training cache) and over a folder of broken clips, odd file names and missing
+transcripts."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from pipeline import infer
+from pipeline.cache import CacheSplit
+from pipeline.config import load_config, to_dict
+from pipeline.data import MeldDataset, collate
+from pipeline.distributed import save_on_main
+from pipeline.labels import EMOTIONS, SENTIMENTS, label_vocab
+from pipeline.meld import CLIP_DIRS, CSV_NAMES
+from pipeline.model import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, MultimodalModel, build_model
+
+REPO = Path(__file__).resolve().parents[2]
+NUM_EXPERTS = 4  # the MoE head's default: rows carry that many gates
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_meld_cache, tmp_path_factory) -> dict:
+    """A tiny model (MoE head, so rows have gates) of the tiny cache's config saved in the
+    checkpoint format training writes, the generated MELD folder, and the probabilities
+    evaluation gives each cached test clip. The weights are the seeded initial ones: the
+    equality of inference and evaluation does not depend on them, and these tests stay
+    independent of the training loop (tested in test_train.py)."""
+    torch.manual_seed(0)
+    cfg = load_config(None, [*tiny_meld_cache["overrides"], "model.head.type=moe"])
+    cache_dir = Path(tiny_meld_cache["cache_dir"])
+    checkpoint = tmp_path_factory.mktemp("run") / "best.pt"
+    save_on_main({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "model": build_model(cfg).state_dict(),
+                  "optimizer": None, "scheduler": None, "scaler": None, "epoch": 1, "best_metric": 0.0,
+                  "config": to_dict(cfg), "preprocess": CacheSplit(cache_dir / "train").preprocess,
+                  "labels": label_vocab(), "metrics": []}, checkpoint)
+    return {"checkpoint": checkpoint, "meld": cache_dir.parent / "MELD.Raw", "test_cache": cache_dir / "test",
+            "expected": evaluate_cache(checkpoint, cache_dir / "test")}
+
+
+def evaluate_cache(checkpoint: Path, split_dir: Path) -> dict[str, dict[str, np.ndarray]]:
+    """Probabilities per cached clip the way training evaluates: MeldDataset + collate + model."""
+    model = MultimodalModel.from_checkpoint(checkpoint)
+    split = CacheSplit(split_dir)
+    split.check_params(torch.load(checkpoint, weights_only=True)["preprocess"])  # the checkpoint's params
+    loader = DataLoader(MeldDataset(split_dir, sorted(model.encoders)), batch_size=5, collate_fn=collate)
+    expected = {}
+    with torch.inference_mode():
+        for batch in loader:
+            outputs = model(batch)
+            for row, id_ in enumerate(batch["ids"]):
+                expected[id_] = {task: outputs[task][row].softmax(0).numpy() for task in ("emotion", "sentiment")}
+    return expected
+
+
+def run_infer(*args: str | Path) -> int:
+    return infer.main([str(arg) for arg in args])
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def probs(row: dict, task: str, names) -> np.ndarray:
+    return np.array([row[f"{task}_probs"][name] for name in names])
+
+
+def assert_ok_row(row: dict) -> None:
+    assert row["status"] == "ok" and row["error"] is None, row
+    for task, names in (("emotion", EMOTIONS), ("sentiment", SENTIMENTS)):
+        assert list(row[f"{task}_probs"]) == list(names)
+        assert sum(row[f"{task}_probs"].values()) == pytest.approx(1.0, abs=1e-5)
+        assert row[task] == max(row[f"{task}_probs"], key=row[f"{task}_probs"].get)
+    assert set(row["regression"]) == {"polarity"}
+    assert len(row["gates"]) == NUM_EXPERTS and sum(row["gates"]) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_predictions_equal_evaluation_through_the_training_cache(trained, tmp_path, capsys):
+    clip_dir = trained["meld"] / CLIP_DIRS["test"]
+    out = tmp_path / "out" / "predictions.jsonl"
+    status = run_infer("--checkpoint", trained["checkpoint"], "--clips", clip_dir, "--transcripts",
+                       trained["meld"] / CSV_NAMES["test"], "--out", out, "--batch-size", 4, "--workers", 2,
+                       "--device", "cpu")
+    assert status == 0
+    assert not out.with_name(out.name + ".partial").exists()
+    rows = read_jsonl(out)
+    clips = sorted(clip_dir.glob("*.mp4"))
+    assert [row["clip"] for row in rows] == [str(clip) for clip in clips]  # one row per clip, in order
+    assert [row["id"] for row in rows] == [clip.stem for clip in clips]
+    expected = trained["expected"]
+    assert len(expected) >= 10 and set(expected) < {row["id"] for row in rows}
+    for row in rows:
+        assert_ok_row(row)
+        if row["id"] in expected:
+            assert row["modalities"] == ["audio", "text", "video"]
+            for task, names in (("emotion", EMOTIONS), ("sentiment", SENTIMENTS)):
+                np.testing.assert_allclose(probs(row, task, names), expected[row["id"]][task], atol=1e-5)
+        else:  # the unlabelled extra clip that no CSV row names: predicted without text
+            assert row["modalities"] == ["audio", "video"]
+    report = capsys.readouterr().out
+    assert "emotion: accuracy" in report and "weighted F1" in report and f"(n={len(expected)})" in report
+
+
+@pytest.fixture(scope="module")
+def odd_folder(trained, tmp_path_factory) -> dict:
+    """Copies of cached test clips under odd names, with an .srt and a .txt sidecar, plus a
+    zero-byte, a truncated and a text file named .mp4 and a hidden clip."""
+    folder = tmp_path_factory.mktemp("odd") / "clips dir"
+    folder.mkdir()
+    ids = sorted(trained["expected"])[:3]
+    source = {id_: trained["meld"] / CLIP_DIRS["test"] / f"{id_}.mp4" for id_ in ids}
+    names = {"with space.mp4": ids[0], "quote's \"double\".mp4": ids[1], "$(touch pwned).mp4": ids[2],
+             "naïve 日本.mp4": ids[0], ".hidden.mp4": ids[0]}
+    for name, id_ in names.items():
+        shutil.copy(source[id_], folder / name)
+    (folder / "with space.srt").write_text(
+        "1\r\n00:00:00,000 --> 00:00:00,800\r\n<i>i am so</i> happy\r\n\r\n"
+        "2\r\n00:00:00,800 --> 00:00:01,000\r\nvery glad\r\n", encoding="utf-8")
+    (folder / "quote's \"double\".txt").write_text("the train\nleaves at noon .\n", encoding="utf-8")
+    (folder / "empty.mp4").write_bytes(b"")
+    data = source[ids[1]].read_bytes()
+    (folder / "truncated.mp4").write_bytes(data[: len(data) // 2])
+    (folder / "notes.mp4").write_text("not a video\n", encoding="utf-8")
+    text = {"with space.mp4": True, "quote's \"double\".mp4": True, "$(touch pwned).mp4": False,
+            "naïve 日本.mp4": False}
+    errors = {"empty.mp4": "empty file", "truncated.mp4": "unreadable", "notes.mp4": "unreadable"}
+    return {"folder": folder, "order": sorted([*text, *errors]), "text": text, "errors": errors}
+
+
+def check_odd_rows(rows: list[dict], odd: dict) -> None:
+    assert [Path(row["clip"]).name for row in rows] == odd["order"]  # the hidden clip is left out
+    for row in rows:
+        name = Path(row["clip"]).name
+        if name in odd["errors"]:
+            assert row["status"] == "error" and row["error"].startswith(odd["errors"][name]), row
+            assert row["emotion"] is None and row["modalities"] == []
+        else:
+            assert_ok_row(row)
+            assert row["id"] == name[: -len(".mp4")]
+            wanted = ["audio", "text", "video"] if odd["text"][name] else ["audio", "video"]
+            assert row["modalities"] == wanted, name
+
+
+def test_broken_clips_odd_names_and_sidecar_transcripts(trained, odd_folder, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # where a shell would run "touch pwned"
+    out = tmp_path / "predictions.jsonl"
+    status = run_infer("--checkpoint", trained["checkpoint"], "--clips", odd_folder["folder"], "--out", out,
+                       "--batch-size", 2, "--workers", 1, "--device", "cpu")
+    assert status == 0  # broken clips are rows, not failures
+    check_odd_rows(read_jsonl(out), odd_folder)
+    assert not (tmp_path / "pwned").exists() and not (odd_folder["folder"] / "pwned").exists()
+
+
+def test_csv_output_from_a_glob(trained, odd_folder, tmp_path):
+    out = tmp_path / "predictions.csv"
+    status = run_infer("--checkpoint", trained["checkpoint"], "--clips", odd_folder["folder"] / "*.mp4",
+                       "--out", out, "--workers", 1, "--device", "cpu")
+    assert status == 0
+    with open(out, encoding="utf-8", newline="") as file:
+        table = list(csv.DictReader(file))
+    assert [Path(row["clip"]).name for row in table] == odd_folder["order"]
+    for row in table:
+        name = Path(row["clip"]).name
+        if name in odd_folder["errors"]:
+            assert row["status"] == "error" and row["error"].startswith(odd_folder["errors"][name])
+            assert row["emotion"] == "" and row["emotion_prob_joy"] == ""
+            continue
+        assert row["status"] == "ok" and row["error"] == ""
+        assert row["modalities"] == ("audio+text+video" if odd_folder["text"][name] else "audio+video")
+        for task, names in (("emotion", EMOTIONS), ("sentiment", SENTIMENTS)):
+            values = [float(row[f"{task}_prob_{label}"]) for label in names]
+            assert sum(values) == pytest.approx(1.0, abs=1e-5)
+            assert row[task] == names[int(np.argmax(values))]
+        float(row["regression_polarity"])
+        assert len(json.loads(row["gates"])) == NUM_EXPERTS
+
+
+def test_list_file_and_clip_text_csv_match_the_cache(trained, tmp_path):
+    """A clip,text,speaker CSV matched by file name, stem and path gives the clip the tokens
+    its MELD row gave it in preprocessing, so the predictions equal the cache's."""
+    records = {row["id"]: row for row in CacheSplit(trained["test_cache"]).records}
+    ids = sorted(trained["expected"])[3:6]
+    own = tmp_path / "own clips"
+    own.mkdir()
+    names = ["a b.mp4", "c'd é.mp4", "e $(f).mp4"]
+    for name, id_ in zip(names, ids):
+        shutil.copy(trained["meld"] / CLIP_DIRS["test"] / f"{id_}.mp4", own / name)
+    keys = [names[0], Path(names[1]).stem, f"own clips{os.sep}{names[2]}"]  # name, stem, path from the CSV's folder
+    with open(tmp_path / "transcripts.csv", "w", encoding="utf-8", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(["clip", "speaker", "text"])
+        for key, id_ in zip(keys, ids):
+            writer.writerow([key, records[id_]["speaker"], records[id_]["text"]])
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    (lists / "clips.txt").write_text(
+        "# newest first\n\n" + f"../own clips/{names[2]}\n" + f"{own / names[1]}\n" + "missing.mp4\n"
+        + f"../own clips/{names[0]}\n", encoding="utf-8")
+    out = tmp_path / "predictions.jsonl"
+    status = run_infer("--checkpoint", trained["checkpoint"], "--clips", lists / "clips.txt", "--transcripts",
+                       tmp_path / "transcripts.csv", "--out", out, "--workers", 1, "--device", "cpu")
+    assert status == 0
+    rows = read_jsonl(out)
+    assert [Path(row["clip"]).name for row in rows] == [names[2], names[1], "missing.mp4", names[0]]
+    assert rows[2]["status"] == "error" and rows[2]["error"] == "missing file"
+    for row, id_ in ((rows[0], ids[2]), (rows[1], ids[1]), (rows[3], ids[0])):
+        assert_ok_row(row)
+        assert row["modalities"] == ["audio", "text", "video"]
+        for task, labels in (("emotion", EMOTIONS), ("sentiment", SENTIMENTS)):
+            np.testing.assert_allclose(probs(row, task, labels), trained["expected"][id_][task], atol=1e-5)
+
+
+def test_read_srt_keeps_only_the_spoken_text():
+    srt = ("1\r\n00:00:01,000 --> 00:00:02,000\r\n<i>Hello</i> there,\r\nfriend.\r\n\r\n"
+           "2\r\n00:00:02,500 --> 00:00:03,000\r\n{\\an8}42\r\n\r\n\r\n"
+           "3\n00:00:03,000 --> 00:00:04,000\nBye!\n")
+    assert infer.read_srt(srt) == "Hello there, friend. 42 Bye!"
+
+
+def test_unknown_transcript_columns_and_missing_clips_are_clear_errors(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text("file,words\na.mp4,hi\n", encoding="utf-8")
+    with pytest.raises(infer.InputError, match="clip,text"):
+        infer.read_transcripts(path, 0)
+    with pytest.raises(infer.InputError, match="no such folder"):
+        infer.list_clips(str(tmp_path / "nowhere"))
+    with pytest.raises(infer.InputError, match="matches no video"):
+        infer.list_clips(str(tmp_path / "*.mp4"))
+
+
+def test_non_checkpoint_file_fails_with_a_clear_message(tmp_path):
+    bogus = tmp_path / "best.pt"
+    bogus.write_text("not a checkpoint", encoding="utf-8")
+    (tmp_path / "clips").mkdir()
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline.infer", "--checkpoint", str(bogus), "--clips", str(tmp_path / "clips"),
+         "--out", str(tmp_path / "p.jsonl")],
+        cwd=REPO, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
+    assert result.returncode != 0
+    assert re.search(rf"ERROR .*{re.escape(str(bogus))} .*not a (torch checkpoint|meld-fusion-checkpoint) file",
+                     result.stderr), result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "p.jsonl").exists()
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"version": 99}, "checkpoint version 99; this code reads version 1"),
+    ({"format": "something-else"}, "is not a meld-fusion-checkpoint (format: 'something-else')"),
+])
+def test_foreign_or_other_version_checkpoint_fails_with_a_clear_message(trained, odd_folder, tmp_path, caplog,
+                                                                        change, message):
+    ckpt = {**torch.load(trained["checkpoint"], weights_only=True), **change}
+    torch.save(ckpt, tmp_path / "other.pt")
+    status = run_infer("--checkpoint", tmp_path / "other.pt", "--clips", odd_folder["folder"],
+                       "--out", tmp_path / "p.jsonl")
+    assert status == 1
+    assert message in caplog.text
+    assert not (tmp_path / "p.jsonl").exists()
