@@ -21,6 +21,12 @@ def register(registry: dict[str, type], name: str) -> Callable[[type], type]:
     return add
 
 
+def check_probability(name: str, value: float) -> None:
+    """Config check shared by every module here: a dropout-like ``value`` must lie in [0, 1)."""
+    if not 0 <= value < 1:
+        raise ValueError(f"{name}: must be in [0, 1), got {value}")
+
+
 def _split(section: Mapping[str, Any], registry: Mapping[str, type]) -> tuple[type, Any]:
     fields = dict(section)
     cls = registry[fields.pop("type")]

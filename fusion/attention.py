@@ -8,7 +8,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from fusion import FUSIONS, register
+from fusion import FUSIONS, check_probability, register
 from fusion.masking import drop_modalities
 
 
@@ -40,12 +40,10 @@ class AttentionFusion(nn.Module):
                 raise ValueError(f"layers: must be >= 1, got {self.layers}")
             if self.ff_mult < 1:
                 raise ValueError(f"ff_mult: must be >= 1, got {self.ff_mult}")
-            if not 0 <= self.dropout < 1:
-                raise ValueError(f"dropout: must be in [0, 1), got {self.dropout}")
+            check_probability("dropout", self.dropout)
             if self.max_tokens_per_modality < 1:
                 raise ValueError(f"max_tokens_per_modality: must be >= 1, got {self.max_tokens_per_modality}")
-            if not 0 <= self.modality_dropout < 1:
-                raise ValueError(f"modality_dropout: must be in [0, 1), got {self.modality_dropout}")
+            check_probability("modality_dropout", self.modality_dropout)
 
     def __init__(self, dims: dict[str, int], cfg: Config) -> None:
         super().__init__()

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from fusion import FUSIONS, register
+from fusion import FUSIONS, check_probability, register
 from fusion.masking import drop_modalities
 
 
@@ -28,10 +28,8 @@ class ConcatFusion(nn.Module):
         def __post_init__(self) -> None:
             if self.proj_dim < 0:
                 raise ValueError(f"proj_dim: must be >= 0 (0 = no projection), got {self.proj_dim}")
-            if not 0 <= self.dropout < 1:
-                raise ValueError(f"dropout: must be in [0, 1), got {self.dropout}")
-            if not 0 <= self.modality_dropout < 1:
-                raise ValueError(f"modality_dropout: must be in [0, 1), got {self.modality_dropout}")
+            check_probability("dropout", self.dropout)
+            check_probability("modality_dropout", self.modality_dropout)
 
     def __init__(self, dims: dict[str, int], cfg: Config) -> None:
         super().__init__()

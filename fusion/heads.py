@@ -11,12 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from fusion import HEADS, register
-
-
-def _check_dropout(value: float) -> None:
-    if not 0 <= value < 1:
-        raise ValueError(f"dropout: must be in [0, 1), got {value}")
+from fusion import HEADS, check_probability, register
 
 
 def _check_hidden(value: int) -> None:
@@ -45,30 +40,43 @@ def small_mlp(in_dim: int, hidden: int, out_dim: int, dropout: float) -> nn.Sequ
     return nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, out_dim))
 
 
+@dataclass
+class HiddenDropoutConfig:
+    """Config of the classification and gated heads: ``hidden`` = width of the classifier
+    MLP (classification) or of the gate MLP (gated)."""
+
+    hidden: int = 256
+    dropout: float = 0.3
+
+    def __post_init__(self) -> None:
+        _check_hidden(self.hidden)
+        check_probability("dropout", self.dropout)
+
+
+class _SingleMLPHead(nn.Module):
+    """A head whose ``mlp`` maps [B,D] to all task outputs at once (no gate, no aux loss)."""
+
+    outputs: dict[str, int]
+    mlp: nn.Module
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {**split_outputs(self.mlp(x), self.outputs), "aux_loss": x.new_zeros(())}
+
+
 @register(HEADS, "classification")
-class ClassificationHead(nn.Module):
+class ClassificationHead(_SingleMLPHead):
     """Linear-ReLU-Dropout-Linear."""
 
-    @dataclass
-    class Config:
-        hidden: int = 256
-        dropout: float = 0.1
-
-        def __post_init__(self) -> None:
-            _check_hidden(self.hidden)
-            _check_dropout(self.dropout)
+    Config = HiddenDropoutConfig
 
     def __init__(self, in_dim: int, outputs: dict[str, int], cfg: Config) -> None:
         super().__init__()
         self.outputs = dict(outputs)
         self.mlp = small_mlp(in_dim, cfg.hidden, sum(self.outputs.values()), cfg.dropout)
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {**split_outputs(self.mlp(x), self.outputs), "aux_loss": x.new_zeros(())}
-
 
 @register(HEADS, "regression")
-class RegressionHead(nn.Module):
+class RegressionHead(_SingleMLPHead):
     """The funnel MLP D -> D/2 -> D/4 -> K (LayerNorm, ReLU, dropout)."""
 
     @dataclass
@@ -76,29 +84,19 @@ class RegressionHead(nn.Module):
         dropout: float = 0.3
 
         def __post_init__(self) -> None:
-            _check_dropout(self.dropout)
+            check_probability("dropout", self.dropout)
 
     def __init__(self, in_dim: int, outputs: dict[str, int], cfg: Config) -> None:
         super().__init__()
         self.outputs = dict(outputs)
         self.mlp = funnel_mlp(in_dim, sum(self.outputs.values()), cfg.dropout)
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {**split_outputs(self.mlp(x), self.outputs), "aux_loss": x.new_zeros(())}
-
 
 @register(HEADS, "gated")
 class GatedHead(nn.Module):
     """The funnel MLP times a softmax gate over its K outputs; ``gates`` [B,K]."""
 
-    @dataclass
-    class Config:
-        hidden: int = 256  # width of the gate MLP
-        dropout: float = 0.3
-
-        def __post_init__(self) -> None:
-            _check_hidden(self.hidden)
-            _check_dropout(self.dropout)
+    Config = HiddenDropoutConfig
 
     def __init__(self, in_dim: int, outputs: dict[str, int], cfg: Config) -> None:
         super().__init__()
@@ -132,7 +130,7 @@ class MixtureOfExpertsHead(nn.Module):
             if self.num_experts < 2:
                 raise ValueError(f"num_experts: must be >= 2, got {self.num_experts}")
             _check_hidden(self.hidden)
-            _check_dropout(self.dropout)
+            check_probability("dropout", self.dropout)
             if self.balance_coef < 0:
                 raise ValueError(f"balance_coef: must be >= 0, got {self.balance_coef}")
 
