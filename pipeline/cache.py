@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import time
+import zipfile
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -35,6 +36,10 @@ STALE_TMP_SECONDS = 3600.0  # a temporary file this old belongs to a run that wa
 
 class CacheMismatchError(ValueError):
     """A cache made with other preprocessing parameters (the message lists the differences)."""
+
+
+class DamagedEntryError(ValueError):
+    """A sample's arrays that cannot be read (the message names the file and how to rebuild it)."""
 
 
 # --------------------------------------------------------------------------- parameters
@@ -212,9 +217,16 @@ class CacheSplit:
                 yield read_json(self.split_dir / "status" / f"{id_}.json")
 
     def load(self, id_: str) -> dict[str, np.ndarray]:
-        """The arrays of sample ``id_`` (only its present modalities')."""
-        with np.load(self.split_dir / "items" / f"{id_}.npz", allow_pickle=False) as data:
-            return {name: data[name] for name in data.files}
+        """The arrays of sample ``id_`` (only its present modalities'); DamagedEntryError, naming
+        the file, when it is missing or damaged (np.load's own errors do not name it)."""
+        path = self.split_dir / "items" / f"{id_}.npz"
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                return {name: data[name] for name in data.files}
+        except (OSError, EOFError, ValueError, zipfile.BadZipFile) as err:
+            raise DamagedEntryError(
+                f"{path}: unreadable cache entry ({type(err).__name__}: {err}); delete it and "
+                f"{self.split_dir / 'status' / f'{id_}.json'}, then rerun preprocessing to rebuild it") from err
 
     def check_params(self, preprocess: Mapping[str, Any]) -> None:
         """Raise CacheMismatchError, listing the differing keys, unless this cache was made

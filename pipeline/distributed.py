@@ -109,6 +109,14 @@ def all_gather_objects(obj: Any) -> list[Any]:
     return gathered
 
 
+def broadcast_buffers(module: torch.nn.Module) -> None:
+    """Copy rank 0's buffers to every rank. Each rank updates BatchNorm running statistics
+    from its own batches; after this every rank evaluates the model that rank 0 saves."""
+    if is_distributed():
+        for buffer in module.buffers():
+            dist.broadcast(buffer, src=0)
+
+
 def reduce_mean(value: float, device: torch.device) -> float:
     """Mean of a scalar over all ranks (e.g. the epoch's training loss)."""
     if not is_distributed():

@@ -8,7 +8,8 @@ Everything the model needs comes from the checkpoint: the architecture and weigh
 preprocessing parameters of the cache it was trained on (``ckpt["preprocess"]``) and the
 tokenizer named there. Each clip goes through ``features.extract_features`` (the code that
 built the training cache) and ``data.make_item`` + ``data.collate`` (the code that fed the
-model in training and evaluation), so a clip gets the prediction evaluation gives it.
+model in training and evaluation), so a clip gets the prediction evaluation gives it (up to
+float rounding: batches are padded to their longest sample).
 
 Clips: a folder (its video files, sorted by name), a glob pattern, a single clip, or a
 ``.txt`` list with one path per line (relative to the list's folder; blank and ``#`` lines
@@ -26,8 +27,10 @@ for a complete one, and the partial file still holds every row done so far.
 
 Decoding runs in a pool of long-lived worker processes (each loads the tokenizer once) fed
 through a bounded window of clips in input order, while this process batches the decoded
-clips and runs the model: decoding and the model overlap. On the CPU the cores are split:
-``--workers`` decode, the model gets the remaining cores as torch threads.
+clips and runs the model: decoding and the model overlap. The first batches go to the model
+before they are full (1, 2, 4, ... clips) so that it starts at once (see ``batches``). On
+the CPU the cores are split: ``--workers`` decode, the model gets the remaining cores as
+torch threads.
 """
 from __future__ import annotations
 
@@ -212,7 +215,6 @@ def read_sidecar(clip: Path) -> Transcript | None:
 class Job:
     """One input clip (picklable: it travels to a decoding worker)."""
 
-    index: int  # position in the input, = row number of the output
     clip: str
     id: str  # file stem
     utterance: Utterance | None  # None: no transcript, text masked
@@ -223,9 +225,9 @@ class Job:
 def make_jobs(clips: Sequence[Path], transcripts: TranscriptTable | None) -> list[Job]:
     """A job per clip, with its transcript from ``transcripts`` or, when None, its sidecar."""
     jobs = []
-    for index, clip in enumerate(clips):
+    for clip in clips:
         found = transcripts.find(clip) if transcripts is not None else read_sidecar(clip)
-        jobs.append(Job(index, str(clip), clip.stem, found.utterance if found else None,
+        jobs.append(Job(str(clip), clip.stem, found.utterance if found else None,
                         found.emotion if found else None, found.sentiment if found else None))
     matched = sum(job.utterance is not None for job in jobs)
     source = f"{transcripts.kind} {transcripts.source}" if transcripts else "sidecar .srt/.txt files"
@@ -286,20 +288,26 @@ def decode_job(job: Job) -> Decoded:
 class DecodePool:
     """Decodes jobs in ``workers`` long-lived processes (0: in this process), yielding results
     in input order while at most ``lookahead`` jobs are in flight, so memory stays bounded
-    when the model is slower than decoding. A context manager: the pool lives until exit."""
+    when the model is slower than decoding. ``start()`` it, then use it as a context manager:
+    the worker processes live until the ``with`` block ends."""
 
     def __init__(self, preprocess: Mapping[str, Any], workers: int, lookahead: int) -> None:
         self.preprocess, self.workers, self.lookahead = dict(preprocess), workers, max(1, lookahead)
         self.pool: Any = None
         self.local: ClipDecoder | None = None
 
-    def __enter__(self) -> "DecodePool":
+    def start(self) -> "DecodePool":
+        """Build a decoder here first, so that a tokenizer that cannot be loaded fails now with
+        its message (a pool initializer that raises would be restarted forever), then start
+        the worker processes."""
+        self.local = ClipDecoder(self.preprocess)
         if self.workers > 0:
             os.environ["TOKENIZERS_PARALLELISM"] = "false"  # the tokenizer is used across a fork
             self.pool = multiprocessing.Pool(self.workers, initializer=init_decoder,
                                              initargs=(self.preprocess,))
-        else:
-            self.local = ClipDecoder(self.preprocess)
+        return self
+
+    def __enter__(self) -> "DecodePool":
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
@@ -307,10 +315,11 @@ class DecodePool:
             self.pool.terminate()
             self.pool.join()
 
-    def imap(self, jobs: Iterable[Job]) -> Iterator[Decoded]:
-        """The Decoded of each job, in the order of ``jobs``."""
+    def imap(self, jobs: Iterable[Job]) -> Iterator[tuple[Decoded, bool]]:
+        """``(decoded, next_ready)`` for each job in the order of ``jobs``; ``next_ready`` says
+        whether the following job's result is already there (always True in this process)."""
         if self.pool is None:
-            yield from map(self.local, jobs)
+            yield from ((decoded, True) for decoded in map(self.local, jobs))
             return
         pending = iter(jobs)
         window = collections.deque(self.pool.apply_async(decode_job, (job,))
@@ -318,7 +327,30 @@ class DecodePool:
         while window:
             decoded = window.popleft().get()
             window.extend(self.pool.apply_async(decode_job, (job,)) for job in itertools.islice(pending, 1))
-            yield decoded
+            yield decoded, not window or window[0].ready()
+
+
+def batches(decoded: Iterable[tuple[Decoded, bool]], batch_size: int) -> Iterator[list[Decoded]]:
+    """Consecutive runs of decoded clips (errors ride along, so rows leave in input order),
+    each with at most ``batch_size`` ok clips.
+
+    A run is handed over when it is full or, while batches ramp up, as soon as the next clip
+    is not decoded yet and the run holds at least twice the ok clips of the previous one (1 at
+    first). So the model starts on the first decoded clip instead of idling until a whole
+    batch is decoded (the pipeline's fill), and batch sizes double up to ``batch_size`` and
+    then stay full: a small batch costs up to twice the CPU per clip, CPU that decoding needs
+    when it is the bottleneck.
+    """
+    run: list[Decoded] = []
+    ok, early = 0, 1
+    for item, next_ready in decoded:
+        run.append(item)
+        ok += item.error is None
+        if ok == batch_size or (ok >= early and not next_ready):
+            yield run
+            run, ok, early = [], 0, min(batch_size, 2 * ok)
+    if run:
+        yield run
 
 
 # --------------------------------------------------------------------------- the model
@@ -381,21 +413,6 @@ def error_row(job: Job, reason: str) -> dict[str, Any]:
     return {"clip": job.clip, "id": job.id, "status": "error", "error": reason, "modalities": [],
             "emotion": None, "emotion_probs": None, "sentiment": None, "sentiment_probs": None,
             "regression": None}
-
-
-def batches(decoded: Iterable[Decoded], batch_size: int) -> Iterator[list[Decoded]]:
-    """Consecutive runs of decoded clips holding ``batch_size`` ok ones (errors ride along, so
-    rows leave in input order); the last run may hold fewer."""
-    run: list[Decoded] = []
-    ok = 0
-    for item in decoded:
-        run.append(item)
-        ok += item.error is None
-        if ok == batch_size:
-            yield run
-            run, ok = [], 0
-    if run:
-        yield run
 
 
 # --------------------------------------------------------------------------- output
@@ -536,6 +553,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.workers is not None and args.workers < 0:
         parser.error(f"--workers must be >= 0, got {args.workers}")
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", args.device):
+        parser.error(f"--device must be auto, cpu, cuda or cuda:N, got {args.device!r}")
     return args
 
 
@@ -546,8 +565,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         device = pick_device(args.device)
-    except RuntimeError as err:  # a CUDA device asked for where none is visible
-        logger.error("--device %s: %s", args.device, err)
+    except RuntimeError:  # a CUDA device asked for where none is visible
+        logger.error("--device %s: no CUDA device is visible; use --device cpu (or auto)", args.device)
         return 1
     try:
         ckpt = load_checkpoint(args.checkpoint)
@@ -559,15 +578,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                        if args.transcripts is not None else None)
         jobs = make_jobs(clips, transcripts)
         predictor = Predictor(ckpt, device)
-    except (CheckpointError, ConfigError, InputError, meld.MeldFormatError, FileNotFoundError) as err:
+        workers = default_workers(device) if args.workers is None else args.workers
+        pool = DecodePool(predictor.preprocess, min(workers, len(jobs)),
+                          default_lookahead(args.batch_size, workers)).start()
+    except (CheckpointError, ConfigError, InputError, meld.MeldFormatError, OSError) as err:
         logger.error("%s", err)
         return 1
-    workers = default_workers(device) if args.workers is None else args.workers
     if device.type == "cpu":
         torch.set_num_threads(model_threads(workers))
     logger.info("checkpoint %s (epoch %s), %s model on %s, %d decoding workers", args.checkpoint,
                 ckpt.get("epoch"), "+".join(predictor.modalities), device, workers)
-    with DecodePool(predictor.preprocess, min(workers, len(jobs)), default_lookahead(args.batch_size, workers)) as pool:
+    with pool:
         summary = run(predictor, jobs, pool, args.out, args.batch_size)
     if summary["metrics"]:
         report = format_metrics(summary["metrics"])

@@ -79,9 +79,12 @@ def compute_metrics(outputs: Mapping[str, np.ndarray]) -> dict:
 
 
 def format_report(metrics: Mapping[str, dict]) -> str:
-    """A plain-text per-class table per classification task, plus the regression figures."""
+    """A plain-text per-class table per classification task, plus the regression figures
+    (scalar entries such as ``loss`` are left out)."""
     lines = []
     for task, result in metrics.items():
+        if not isinstance(result, Mapping):
+            continue
         if "per_class" in result:
             lines.append(f"{task}: accuracy {result['accuracy']:.4f}  weighted F1 {result['weighted_f1']:.4f}"
                          f"  macro F1 {result['macro_f1']:.4f}  (n={result['count']})")

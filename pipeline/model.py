@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import pickle
+import zipfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -117,6 +118,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist or is not a file")
+    check_archive(path)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
@@ -126,6 +128,23 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path} is not a torch checkpoint file ({type(err).__name__}: {err})") from err
     check_checkpoint(ckpt, str(path))
     return ckpt
+
+
+def check_archive(path: Path) -> None:
+    """Raise :class:`CheckpointError` when a record of the torch zip archive at ``path`` does
+    not match the CRC-32 stored with it. ``torch.load`` does not check these, so flipped bytes
+    inside a tensor would otherwise load as silently wrong weights. A file that is not a zip
+    archive at all is left to ``torch.load`` to reject."""
+    if not zipfile.is_zipfile(path):
+        return
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as err:
+        raise CheckpointError(f"{path} is a damaged checkpoint file ({type(err).__name__}: {err})") from err
+    if damaged is not None:
+        raise CheckpointError(f"{path} is a damaged checkpoint file: record {damaged} fails its CRC-32 check "
+                              "(flipped bytes or an incomplete copy); use an intact copy")
 
 
 def check_checkpoint(ckpt: Any, source: str) -> None:

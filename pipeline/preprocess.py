@@ -162,6 +162,9 @@ class Runner:
                 self.local = Worker(self.preprocess)
             return map(self.local.process, tasks)
         if self.pool is None:
+            # A pool restarts a worker whose initializer raises, forever: build one here
+            # first, so that a tokenizer that cannot be loaded fails the run with its message.
+            Worker(self.preprocess)
             os.environ["TOKENIZERS_PARALLELISM"] = "false"
             self.pool = multiprocessing.Pool(self.workers, initializer=init_worker,
                                              initargs=(self.preprocess,))

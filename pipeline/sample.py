@@ -15,6 +15,11 @@ channels. The emotion of an utterance can be learnt from each modality on its ow
   depend on the emotion, plus a little noise;
 - video: a drawn face whose mouth, background hue and motion depend on the emotion.
 
+How much each modality tells is adjustable (``--ambiguous-share``, ``--audio-random-share``,
+``--video-random-share``): a share of the clips can show the voice or the face of a randomly
+drawn emotion, so that no modality alone is perfect and combining them pays (the fusion
+benchmark, ``bench/fusion_bench.py``, uses this).
+
 Like the real release, the dev and test folders also hold an unlabelled clip that no CSV
 row names (``--no-extras`` leaves them out). Everything is deterministic in ``--seed``:
 the same seed gives byte-identical CSVs and clips.
@@ -63,7 +68,7 @@ CHANNEL_LAYOUTS: dict[int, str] = {1: "mono", 2: "stereo", 6: "5.1"}
 CHANNEL_GAINS: dict[int, tuple[float, ...]] = {
     1: (1.0,), 2: (1.0, 0.9), 6: (0.5, 0.5, 1.0, 0.1, 0.3, 0.3),
 }
-AMBIGUOUS_SHARE = 0.3  # share of utterances whose text says nothing about the emotion
+AMBIGUOUS_SHARE = 0.3  # default share of utterances whose text says nothing about the emotion
 SIX_CHANNEL_SHARE = 0.25  # share of clips with 5.1 audio (the rest are stereo)
 RENDER_SHORT_SIDE = 96  # frames are drawn at this short side, then scaled by ffmpeg
 AUDIO_BITRATE = "96k"
@@ -193,28 +198,54 @@ def format_time(seconds: float) -> str:
     return f"{ms // 3_600_000:02d}:{ms // 60_000 % 60:02d}:{ms // 1000 % 60:02d},{ms % 1000:03d}"
 
 
-def utterance_text(emotion: str, rng: np.random.Generator) -> str:
-    """A templated sentence for ``emotion``, or (with probability AMBIGUOUS_SHARE) an
+def utterance_text(emotion: str, rng: np.random.Generator,
+                   ambiguous_share: float = AMBIGUOUS_SHARE) -> str:
+    """A templated sentence for ``emotion``, or (with probability ``ambiguous_share``) an
     ambiguous one that every emotion uses."""
-    pool = AMBIGUOUS if rng.random() < AMBIGUOUS_SHARE else TEMPLATES[emotion]
+    pool = AMBIGUOUS if rng.random() < ambiguous_share else TEMPLATES[emotion]
     template = pool[rng.integers(len(pool))]
     slots = {key: values[rng.integers(len(values))] for key, values in FILLERS.items()}
     return template.format(**slots)
 
 
 @dataclass(frozen=True)
+class Difficulty:
+    """How much each modality tells about the emotion.
+
+    ``ambiguous_share``: share of utterances whose text is an ambiguous sentence.
+    ``audio_random_share`` / ``video_random_share``: share of clips whose voice (face) is
+    drawn in the style of a uniformly random emotion, independent of the label (it matches
+    the label one time in seven), like a speaker whose voice or face does not show what
+    they feel. The defaults keep audio and video always faithful to the label.
+    """
+
+    ambiguous_share: float = AMBIGUOUS_SHARE
+    audio_random_share: float = 0.0
+    video_random_share: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("ambiguous_share", "audio_random_share", "video_random_share"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name}: must be in [0, 1], got {value}")
+
+
+@dataclass(frozen=True)
 class ClipJob:
-    """One clip to render: where, which emotion, and its per-clip seed and shape."""
+    """One clip to render: where, which emotion, its per-clip seed and shape, and the
+    emotions whose style its audio and video show (the label's unless randomised)."""
 
     path: Path
     emotion: str
     seed: int
     duration: float
     channels: int
+    audio_style: str = ""  # "" = the emotion's own style
+    video_style: str = ""
 
 
 def plan_split(split: str, per_class: int, seed: int, duration_range: tuple[float, float],
-               clip_dir: Path, extras: bool,
+               clip_dir: Path, extras: bool, difficulty: Difficulty = Difficulty(),
                ) -> tuple[list[dict[str, Any]], list[ClipJob], list[str]]:
     """The CSV rows, the clip jobs and the names of unlabelled extra clips of one split.
 
@@ -223,14 +254,23 @@ def plan_split(split: str, per_class: int, seed: int, duration_range: tuple[floa
     """
     split_index = SPLITS.index(split)
     rng = np.random.default_rng([seed, split_index])
+    # Styles are drawn from a generator of their own, so the default difficulty gives
+    # the same CSVs and clips as before the knobs existed.
+    style_rng = np.random.default_rng([seed, split_index, 1])
     emotions = [e for e in EMOTIONS for _ in range(per_class)]
     rng.shuffle(emotions)
+
+    def style(emotion: str, random_share: float) -> str:
+        drawn = EMOTIONS[style_rng.integers(len(EMOTIONS))]
+        return drawn if style_rng.random() < random_share else emotion
 
     def new_job(name: str, emotion: str) -> ClipJob:
         clip_seed = int(rng.integers(2**31))
         duration = round(float(rng.uniform(*duration_range)), 3)
         channels = 6 if rng.random() < SIX_CHANNEL_SHARE else 2
-        return ClipJob(clip_dir / name, emotion, clip_seed, duration, channels)
+        return ClipJob(clip_dir / name, emotion, clip_seed, duration, channels,
+                       style(emotion, difficulty.audio_random_share),
+                       style(emotion, difficulty.video_random_share))
 
     rows: list[dict[str, Any]] = []
     jobs: list[ClipJob] = []
@@ -245,7 +285,7 @@ def plan_split(split: str, per_class: int, seed: int, duration_range: tuple[floa
             sentiments = SENTIMENT_OF[emotion]
             rows.append({
                 "Sr No.": len(rows) + 1,
-                "Utterance": utterance_text(emotion, rng),
+                "Utterance": utterance_text(emotion, rng, difficulty.ambiguous_share),
                 "Speaker": str(speakers[utterance_id % len(speakers)]),
                 "Emotion": emotion,
                 "Sentiment": sentiments[rng.integers(len(sentiments))],
@@ -383,17 +423,22 @@ def to_yuv420p(indices: np.ndarray, palette: np.ndarray) -> bytes:
 
 def make_clip(path: str | Path, emotion: str, seed: int, duration: float, width: int = 1280,
               height: int = 720, fps: float = 24, channels: int = 2, sample_rate: int = 48000,
-              audio: bool = True, video: bool = True) -> Path:
+              audio: bool = True, video: bool = True, audio_style: str = "",
+              video_style: str = "") -> Path:
     """Render one MELD-like clip with a single ffmpeg call and return its path.
 
     Video: H.264 yuv420p ``width``x``height`` at ``fps`` (e.g. 24, 30 or 24000/1001), drawn
     at low resolution in numpy and scaled up by ffmpeg. Audio: AAC at ``sample_rate`` with
     ``channels`` (1, 2 or 6). ``audio=False`` / ``video=False`` leave that stream out (the
-    odd clips the preprocessing tests need). The output is byte-identical for identical
-    arguments, and is written to a temporary name first so a killed run leaves no half clip.
+    odd clips the preprocessing tests need). ``audio_style`` / ``video_style`` name the
+    emotion the voice / face shows ("" = ``emotion``). The output is byte-identical for
+    identical arguments, and is written to a temporary name first so a killed run leaves
+    no half clip.
     """
-    if emotion not in EMOTION_STYLES:
-        raise ValueError(f"emotion: unknown {emotion!r}, expected one of {EMOTIONS}")
+    for name, value in (("emotion", emotion), ("audio_style", audio_style or emotion),
+                        ("video_style", video_style or emotion)):
+        if value not in EMOTION_STYLES:
+            raise ValueError(f"{name}: unknown {value!r}, expected one of {EMOTIONS}")
     if not (audio or video):
         raise ValueError("audio, video: a clip needs at least one stream")
     if channels not in CHANNEL_LAYOUTS:
@@ -417,12 +462,13 @@ def make_clip(path: str | Path, emotion: str, seed: int, duration: float, width:
     if video:
         frame_w, frame_h = render_size(width, height)
         n_frames = max(1, int(round(duration * rate)))
-        indices, palette = synth_frames(emotion, video_rng, n_frames, float(rate), frame_w, frame_h)
+        indices, palette = synth_frames(video_style or emotion, video_rng, n_frames, float(rate),
+                                        frame_w, frame_h)
         command += ["-f", "rawvideo", "-pix_fmt", "yuv420p", "-video_size", f"{frame_w}x{frame_h}",
                     "-framerate", str(rate), "-i", "pipe:0"]
         stdin_payload = to_yuv420p(indices, palette)
     if audio:
-        pcm = synth_audio(emotion, audio_rng, duration, sample_rate, channels)
+        pcm = synth_audio(audio_style or emotion, audio_rng, duration, sample_rate, channels)
         read_fd, write_fd = os.pipe()
         command += ["-f", "s16le", "-ar", str(sample_rate), "-ch_layout", CHANNEL_LAYOUTS[channels],
                     "-i", f"pipe:{read_fd}"]
@@ -500,16 +546,19 @@ def split_sizes(clips_per_class: int) -> dict[str, int]:
 def generate(out_dir: str | Path, clips_per_class: int = 12, seed: int = 0,
              splits: Sequence[str] = SPLITS, width: int = 1280, height: int = 720,
              duration_range: tuple[float, float] = (1.5, 3.5), workers: int | None = None,
-             extras: bool = True, overwrite: bool = False) -> dict[str, Any]:
+             extras: bool = True, overwrite: bool = False,
+             difficulty: Difficulty = Difficulty()) -> dict[str, Any]:
     """Write a MELD.Raw-shaped sample folder to ``out_dir`` and return a summary.
 
     ``splits`` picks which of train/dev/test to write; ``workers`` clips are rendered at
     once (default: the CPU count), each by its own single-threaded ffmpeg. An ``out_dir``
     that already holds MELD files is refused unless ``overwrite`` (which then removes only
-    the CSVs and clip folders this generator writes).
+    the CSVs and clip folders this generator writes). ``difficulty`` sets how much text,
+    audio and video each tell (see :class:`Difficulty`).
 
     Returns ``{"out_dir", "seed", "clips", "seconds", "splits": {split: {"csv", "clip_dir",
-    "rows", "clips", "extras", "emotions"}}}``.
+    "rows", "clips", "extras", "emotions", "off_label"}}}``, where ``off_label`` counts the
+    labelled clips whose audio / video shows another emotion than the label.
     """
     if clips_per_class < 1:
         raise ValueError(f"clips_per_class: must be >= 1, got {clips_per_class}")
@@ -533,13 +582,16 @@ def generate(out_dir: str | Path, clips_per_class: int = 12, seed: int = 0,
         clip_dir = out_dir / CLIP_DIRS[split]
         clip_dir.mkdir(parents=True, exist_ok=True)
         rows, split_jobs, extra_names = plan_split(split, sizes[split], seed, (low, high),
-                                                   clip_dir, extras)
+                                                   clip_dir, extras, difficulty)
         rows_of[split] = rows
         jobs += split_jobs
         summary["splits"][split] = {
             "csv": str(out_dir / CSV_NAMES[split]), "clip_dir": str(clip_dir), "rows": len(rows),
             "clips": len(split_jobs), "extras": extra_names,
             "emotions": {e: sum(r["Emotion"] == e for r in rows) for e in EMOTIONS},
+            "off_label": {stream: sum(getattr(job, f"{stream}_style") != job.emotion
+                                      for job in split_jobs[:len(rows)])
+                          for stream in ("audio", "video")},
         }
 
     render_all(jobs, width, height, workers or os.cpu_count() or 1)
@@ -581,7 +633,8 @@ def render_all(jobs: Sequence[ClipJob], width: int, height: int, workers: int) -
     """
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         futures = [pool.submit(make_clip, job.path, job.emotion, job.seed, job.duration,
-                               width, height, channels=job.channels) for job in jobs]
+                               width, height, channels=job.channels, audio_style=job.audio_style,
+                               video_style=job.video_style) for job in jobs]
         try:
             for future in tqdm(as_completed(futures), total=len(futures), unit="clip",
                                desc="sample clips"):
@@ -631,12 +684,20 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                         help="leave out the unlabelled extra clips of dev and test")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the MELD CSVs and clip folders already in OUT_DIR")
+    parser.add_argument("--ambiguous-share", type=float, default=AMBIGUOUS_SHARE,
+                        help="share of utterances with ambiguous text (default: %(default)s)")
+    parser.add_argument("--audio-random-share", type=float, default=0.0,
+                        help="share of clips whose voice shows a random emotion (default: %(default)s)")
+    parser.add_argument("--video-random-share", type=float, default=0.0,
+                        help="share of clips whose face shows a random emotion (default: %(default)s)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
+        difficulty = Difficulty(args.ambiguous_share, args.audio_random_share, args.video_random_share)
         return generate(args.out_dir, args.clips_per_class, args.seed, args.splits, args.width,
-                        args.height, args.duration_range, args.workers, args.extras, args.overwrite)
+                        args.height, args.duration_range, args.workers, args.extras, args.overwrite,
+                        difficulty)
     except (ValueError, FileExistsError) as error:
         parser.error(str(error))
 

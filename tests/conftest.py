@@ -52,9 +52,10 @@ def tiny_meld_cache(tmp_path_factory, tiny_text_model) -> dict:
     """A feature cache of a generated MELD folder (all three splits, 2 clips per emotion in
     each, 1 s clips at 64x36, plus the unlabelled extras), preprocessed with tiny params.
 
-    Returns ``{"cache_dir": str, "text_model": str, "overrides": [key=value, ...]}``: the
-    overrides (``data.cache_dir``, ``preprocess.*`` and tiny encoders) make any config
-    read this cache with a tiny model.
+    Returns ``{"cache_dir": str, "meld_root": str, "text_model": str, "overrides": [...],
+    "preprocess_overrides": [...]}``: the ``key=value`` overrides (``data.cache_dir``,
+    ``preprocess.*`` and tiny encoders) make any config read this cache with a tiny model;
+    ``preprocess_overrides`` alone rebuild it (e.g. with other modalities) from ``meld_root``.
     """
     from pipeline import preprocess, sample
 
@@ -66,5 +67,6 @@ def tiny_meld_cache(tmp_path_factory, tiny_text_model) -> dict:
                               *preprocess_overrides])
     assert status == 0, "preprocessing the tiny MELD folder failed"
     cache_dir = str(root / "cache")
-    return {"cache_dir": cache_dir, "text_model": tiny_text_model,
-            "overrides": [f"data.cache_dir={cache_dir}", *preprocess_overrides, *TINY_MODEL]}
+    return {"cache_dir": cache_dir, "meld_root": str(root / "MELD.Raw"), "text_model": tiny_text_model,
+            "overrides": [f"data.cache_dir={cache_dir}", *preprocess_overrides, *TINY_MODEL],
+            "preprocess_overrides": preprocess_overrides}

@@ -49,6 +49,14 @@ def test_yaml_then_overrides(tmp_path):
     assert cfg.model.fusion["type"] == "concat"
 
 
+def test_exponent_floats_parse_as_floats(tmp_path):
+    path = write_yaml(tmp_path / "x.yaml", {})
+    path.write_text("train:\n  encoder_lr: 3e-5\n", encoding="utf-8")
+    cfg = load_config(path, ["train.lr=1e-4"])
+    assert cfg.train.lr == pytest.approx(1e-4)
+    assert cfg.train.encoder_lr == pytest.approx(3e-5)
+
+
 def test_list_and_bool_overrides():
     cfg = load_config(None, ["preprocess.modalities=[text]", "model.modalities=[text]",
                              "preprocess.video.face_crop=true"])

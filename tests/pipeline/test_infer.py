@@ -1,7 +1,7 @@
-"""Batch inference end to end: a tiny model checkpoint for the generated MELD folder of
-``tiny_meld_cache``, ``pipeline.infer`` over its test clips (compared with evaluating them
-through the training cache) and over a folder of broken clips, odd file names and missing
-transcripts."""
+"""Batch inference end to end: a tiny model trained by pipeline.train on the generated MELD
+folder of ``tiny_meld_cache``, then ``pipeline.infer`` over its test clips (compared with
+evaluating them through the training cache) and over a folder of broken clips, odd file
+names and missing transcripts."""
 from __future__ import annotations
 
 import csv
@@ -18,14 +18,12 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from pipeline import infer
+from pipeline import infer, train
 from pipeline.cache import CacheSplit
-from pipeline.config import load_config, to_dict
 from pipeline.data import MeldDataset, collate
-from pipeline.distributed import save_on_main
-from pipeline.labels import EMOTIONS, SENTIMENTS, label_vocab
+from pipeline.labels import EMOTIONS, SENTIMENTS
 from pipeline.meld import CLIP_DIRS, CSV_NAMES
-from pipeline.model import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, MultimodalModel, build_model
+from pipeline.model import MultimodalModel
 
 REPO = Path(__file__).resolve().parents[2]
 NUM_EXPERTS = 4  # the MoE head's default: rows carry that many gates
@@ -33,19 +31,14 @@ NUM_EXPERTS = 4  # the MoE head's default: rows carry that many gates
 
 @pytest.fixture(scope="module")
 def trained(tiny_meld_cache, tmp_path_factory) -> dict:
-    """A tiny model (MoE head, so rows have gates) of the tiny cache's config saved in the
-    checkpoint format training writes, the generated MELD folder, and the probabilities
-    evaluation gives each cached test clip. The weights are the seeded initial ones: the
-    equality of inference and evaluation does not depend on them, and these tests stay
-    independent of the training loop (tested in test_train.py)."""
-    torch.manual_seed(0)
-    cfg = load_config(None, [*tiny_meld_cache["overrides"], "model.head.type=moe"])
+    """best.pt of a short pipeline.train run (MoE head, so rows have gates) on the tiny cache,
+    the generated MELD folder, and the probabilities evaluation gives each cached test clip."""
+    run_dir = tmp_path_factory.mktemp("run")
+    train.main([f"output_dir={run_dir}", *tiny_meld_cache["overrides"], "model.head.type=moe",
+                "train.epochs=1", "train.max_steps_per_epoch=1", "train.batch_size=8", "data.num_workers=0",
+                "train.device=cpu"])
     cache_dir = Path(tiny_meld_cache["cache_dir"])
-    checkpoint = tmp_path_factory.mktemp("run") / "best.pt"
-    save_on_main({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "model": build_model(cfg).state_dict(),
-                  "optimizer": None, "scheduler": None, "scaler": None, "epoch": 1, "best_metric": 0.0,
-                  "config": to_dict(cfg), "preprocess": CacheSplit(cache_dir / "train").preprocess,
-                  "labels": label_vocab(), "metrics": []}, checkpoint)
+    checkpoint = run_dir / "best.pt"
     return {"checkpoint": checkpoint, "meld": cache_dir.parent / "MELD.Raw", "test_cache": cache_dir / "test",
             "expected": evaluate_cache(checkpoint, cache_dir / "test")}
 
@@ -101,6 +94,9 @@ def test_predictions_equal_evaluation_through_the_training_cache(trained, tmp_pa
     assert [row["id"] for row in rows] == [clip.stem for clip in clips]
     expected = trained["expected"]
     assert len(expected) >= 10 and set(expected) < {row["id"] for row in rows}
+    spread = np.stack([e["emotion"] for e in expected.values()])
+    gaps = np.abs(spread[:, None] - spread[None]).max(-1) + np.eye(len(spread))
+    assert gaps.min() > 1e-3  # any two clips differ by far more than the tolerance below
     for row in rows:
         assert_ok_row(row)
         if row["id"] in expected:
@@ -222,6 +218,21 @@ def test_list_file_and_clip_text_csv_match_the_cache(trained, tmp_path):
             np.testing.assert_allclose(probs(row, task, labels), trained["expected"][id_][task], atol=1e-5)
 
 
+def test_batches_ramp_up_then_stay_full():
+    def decoded(name: str, error: str | None = None) -> infer.Decoded:
+        return infer.Decoded(infer.Job(name, name, None), None if error else {}, [], error)
+
+    def groups(stream, batch_size):
+        return [[item.job.id for item in group] for group in infer.batches(stream, batch_size)]
+
+    waiting = [(decoded(name), False) for name in "abcdefgh"]  # the next clip is never ready yet
+    assert groups(waiting, 4) == [["a"], ["b", "c"], ["d", "e", "f", "g"], ["h"]]
+    piled = [(decoded("a"), False), (decoded("b", "empty file"), True), (decoded("c"), True),
+             (decoded("d"), False), (decoded("e"), True), (decoded("f"), True), (decoded("g"), False)]
+    # errors ride along without counting; a full batch is handed over even if more are ready
+    assert groups(piled, 2) == [["a"], ["b", "c", "d"], ["e", "f"], ["g"]]
+
+
 def test_read_srt_keeps_only_the_spoken_text():
     srt = ("1\r\n00:00:01,000 --> 00:00:02,000\r\n<i>Hello</i> there,\r\nfriend.\r\n\r\n"
            "2\r\n00:00:02,500 --> 00:00:03,000\r\n{\\an8}42\r\n\r\n\r\n"
@@ -255,16 +266,21 @@ def test_non_checkpoint_file_fails_with_a_clear_message(tmp_path):
     assert not (tmp_path / "p.jsonl").exists()
 
 
+def without_tokenizer(ckpt: dict) -> dict:
+    text = {**ckpt["preprocess"]["text"], "model": "/nowhere/tokenizer"}
+    return {**ckpt, "preprocess": {**ckpt["preprocess"], "text": text}}
+
+
 @pytest.mark.parametrize("change, message", [
-    ({"version": 99}, "checkpoint version 99; this code reads version 1"),
-    ({"format": "something-else"}, "is not a meld-fusion-checkpoint (format: 'something-else')"),
+    (lambda ckpt: {**ckpt, "version": 99}, "checkpoint version 99; this code reads version 1"),
+    (lambda ckpt: {**ckpt, "format": "other"}, "is not a meld-fusion-checkpoint (format: 'other')"),
+    (without_tokenizer, "text model folder /nowhere/tokenizer does not exist"),  # fails before any worker starts
 ])
-def test_foreign_or_other_version_checkpoint_fails_with_a_clear_message(trained, odd_folder, tmp_path, caplog,
-                                                                        change, message):
-    ckpt = {**torch.load(trained["checkpoint"], weights_only=True), **change}
-    torch.save(ckpt, tmp_path / "other.pt")
+def test_foreign_or_unusable_checkpoint_fails_with_a_clear_message(trained, odd_folder, tmp_path, caplog,
+                                                                   change, message):
+    torch.save(change(torch.load(trained["checkpoint"], weights_only=True)), tmp_path / "other.pt")
     status = run_infer("--checkpoint", tmp_path / "other.pt", "--clips", odd_folder["folder"],
-                       "--out", tmp_path / "p.jsonl")
+                       "--out", tmp_path / "p.jsonl", "--workers", 1)
     assert status == 1
     assert message in caplog.text
     assert not (tmp_path / "p.jsonl").exists()

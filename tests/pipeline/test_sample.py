@@ -17,7 +17,7 @@ from pipeline import sample
 from pipeline.labels import EMOTIONS
 from pipeline.sample import (
     AMBIGUOUS, CLIP_DIRS, CSV_NAMES, EMOTION_STYLES, FILLERS, MELD_COLUMNS, SPLITS, TEMPLATES,
-    format_time, generate, main, make_clip, utterance_text, write_meld_csv,
+    Difficulty, format_time, generate, main, make_clip, plan_split, utterance_text, write_meld_csv,
 )
 
 SMALL = {"width": 64, "height": 36, "duration_range": (1.0, 1.0), "workers": 2}
@@ -72,6 +72,7 @@ def test_layout_every_row_has_its_clip_and_extras_have_none(sample_root):
     (dev_extra,) = summary["splits"]["dev"]["extras"]
     assert re.fullmatch(r"dia\d+_utt\d+\.mp4", dev_extra)
     assert summary["clips"] == 7 + 15 + 15
+    assert all(info["off_label"] == {"audio": 0, "video": 0} for info in summary["splits"].values())
 
 
 def test_csv_is_meld_shaped(sample_root):
@@ -279,3 +280,42 @@ def test_write_meld_csv_round_trips_and_rejects_unknown_columns(tmp_path):
     with pytest.raises(ValueError):
         write_meld_csv(tmp_path / "y.csv", [{**row, "Mood": "x"}])
     assert list(csv.reader(io.StringIO(path.read_text(encoding="utf-8"))))[0] == list(MELD_COLUMNS)
+
+
+def test_difficulty_randomises_each_stream_independently_and_keeps_the_rows(tmp_path):
+    default_rows, default_jobs, _ = plan_split("train", 100, 5, (1.0, 2.0), tmp_path, False)
+    assert all(job.audio_style == job.video_style == job.emotion for job in default_jobs)
+    rows, jobs, _ = plan_split("train", 100, 5, (1.0, 2.0), tmp_path, False,
+                               Difficulty(audio_random_share=0.5, video_random_share=0.25))
+    assert rows == default_rows  # only the styles change
+    assert [(j.path, j.emotion, j.seed) for j in jobs] == [(j.path, j.emotion, j.seed) for j in default_jobs]
+    audio_off = np.array([job.audio_style != job.emotion for job in jobs])
+    video_off = np.array([job.video_style != job.emotion for job in jobs])
+    # A random style matches the label one time in seven: off-label shares 6/7 of the knob.
+    assert audio_off.mean() == pytest.approx(0.5 * 6 / 7, abs=0.05)
+    assert video_off.mean() == pytest.approx(0.25 * 6 / 7, abs=0.05)
+    assert (audio_off & video_off).mean() == pytest.approx(audio_off.mean() * video_off.mean(), abs=0.04)
+    assert {job.audio_style for job in jobs if job.audio_style != job.emotion} == set(EMOTIONS)
+
+
+@pytest.mark.parametrize("share, expected", [(0.0, 0.0), (1.0, 1.0)])
+def test_difficulty_sets_the_ambiguous_text_share(tmp_path, share, expected):
+    rows, _, _ = plan_split("train", 20, 0, (1.0, 2.0), tmp_path, False, Difficulty(ambiguous_share=share))
+    ambiguous = {t.format(name=n, thing=th) for t in AMBIGUOUS for n in FILLERS["name"] for th in FILLERS["thing"]}
+    assert np.mean([row["Utterance"] in ambiguous for row in rows]) == expected
+
+
+@pytest.mark.parametrize("field", ["ambiguous_share", "audio_random_share", "video_random_share"])
+def test_difficulty_rejects_shares_outside_0_1(field):
+    with pytest.raises(ValueError, match=field):
+        Difficulty(**{field: 1.5})
+    with pytest.raises(ValueError, match="audio_style"):
+        make_clip("unused.mp4", "joy", seed=0, duration=1.0, audio_style="bored")
+
+
+def test_styles_override_the_emotion_per_stream(tmp_path):
+    path = make_clip(tmp_path / "c.mp4", "joy", seed=1, duration=1.0, width=128, height=72,
+                     audio_style="sadness", video_style="anger")
+    assert dominant_frequency(path) == pytest.approx(EMOTION_STYLES["sadness"].pitch_hz, rel=0.15)
+    hue = background_hue(path)
+    assert min(hue, 360 - hue) < 20  # anger's background hue is 0 degrees

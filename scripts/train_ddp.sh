@@ -1,0 +1,5 @@
+#!/usr/bin/env bash
+# Usage: scripts/train_ddp.sh N --config configs/X.yaml [key=value ...]   (N processes, one per GPU)
+set -euo pipefail
+N="${1:?usage: scripts/train_ddp.sh N --config configs/X.yaml [key=value ...]}"; shift
+exec torchrun --nproc_per_node="$N" -m pipeline.train "$@"

@@ -1,0 +1,403 @@
+"""Training: its parts (samplers, masking, schedule, param groups, random state), end-to-end runs
+on the tiny generated cache (every output file, every config, early stopping), DDP under
+torchrun matching one process, and resume after a SIGKILL matching an uninterrupted run."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from pipeline import preprocess
+from pipeline.config import MODALITIES, ConfigError, config_from_dict, load_config
+from pipeline.data import MeldDataset, collate
+from pipeline.model import MultimodalModel, build_model, load_checkpoint
+from pipeline.losses import build_loss
+from pipeline.train import (ClassBalancedSampler, TokenMasker, amp_dtype, evaluate, main, param_groups, prepare,
+                            rng_state, set_rng_state, split_labels, warmup_cosine)
+
+REPO = Path(__file__).resolve().parents[2]
+HARNESS = Path(__file__).with_name("train_harness.py")
+CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
+OFFLINE_CONFIGS = [path for path in CONFIGS if path.stem != "meld_bert_base"]
+FUSION_HEAD = [f"{fusion}_{head}" for fusion in ("concat", "attention")
+               for head in ("classification", "regression", "gated", "moe")]
+# Small and quick: one step per epoch at most where the test does not need more.
+QUICK = ["data.num_workers=0", "train.batch_size=4", "model.encoders.text.freeze_layers=0"]
+
+
+def env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+
+
+def run(command: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(command, cwd=REPO, env=env(), capture_output=True, text=True, timeout=timeout)
+
+
+def metrics_of(out_dir: Path) -> dict:
+    return json.loads((out_dir / "metrics.json").read_text())
+
+
+def without_timings(metrics: dict) -> dict:
+    """metrics.json minus the wall-clock figures, which differ between any two runs."""
+    rows = [{k: v for k, v in row.items() if k not in ("seconds", "samples_per_second", "data_wait_share")}
+            for row in metrics["epochs"]]
+    return {**metrics, "epochs": rows}
+
+
+# --------------------------------------------------------------------------- parts
+def test_token_masker_masks_only_real_tokens_of_chosen_samples():
+    class Tokenizer:
+        mask_token_id = 4
+        all_special_ids = [0, 2, 3, 4]
+
+    input_ids = torch.tensor([[2, 10, 11, 12, 3, 0], [2, 13, 14, 3, 0, 0]])
+    attention_mask = (input_ids != 0).long()
+    text = {"input_ids": input_ids, "attention_mask": attention_mask, "mask": torch.ones(2, dtype=torch.bool)}
+    everything = TokenMasker(Tokenizer(), token_share=1.0, sample_share=1.0)(text)
+    assert everything["input_ids"].tolist() == [[2, 4, 4, 4, 3, 0], [2, 4, 4, 3, 0, 0]]
+    assert torch.equal(everything["attention_mask"], attention_mask)
+    assert torch.equal(TokenMasker(Tokenizer(), 1.0, 0.0)(text)["input_ids"], input_ids)
+    torch.manual_seed(0)
+    ids = torch.randint(5, 100, (400, 50))
+    some = TokenMasker(Tokenizer(), 0.15, 0.5)({"input_ids": ids, "attention_mask": torch.ones_like(ids)})
+    changed = some["input_ids"] == 4
+    assert 0.4 < changed.any(dim=1).float().mean() < 0.6  # samples touched
+    assert 0.06 < changed.float().mean() < 0.09  # 15% of the tokens of half of the samples
+
+
+def test_token_masker_needs_a_mask_token():
+    class Tokenizer:
+        mask_token_id = None
+        all_special_ids = [0]
+
+    with pytest.raises(ConfigError, match="token_mask_samples"):
+        TokenMasker(Tokenizer(), 0.15, 0.1)
+
+
+def test_class_balanced_sampler_balances_and_splits_disjointly():
+    labels = np.array([0] * 90 + [1] * 9 + [2] * 1 + [-100] * 5)
+    single = ClassBalancedSampler(labels, seed=3)
+    ranks = [ClassBalancedSampler(labels, num_replicas=2, rank=r, seed=3) for r in (0, 1)]
+    for sampler in (single, *ranks):
+        sampler.set_epoch(1)
+    drawn = list(single)
+    shares = [list(sampler) for sampler in ranks]
+    assert len(drawn) == 105 and [len(s) for s in shares] == [53, 53]
+    # The ranks' shares interleave to one global draw (of 106 = 53 * 2 entries).
+    merged = [index for pair in zip(*shares) for index in pair]
+    generator = torch.Generator().manual_seed(3 + 1)
+    expected = torch.multinomial(ranks[0].weights, 106, replacement=True, generator=generator).tolist()
+    assert merged == expected
+    counts = np.bincount(labels[np.array(drawn)], minlength=3)
+    assert counts.min() > 20  # each of the 3 classes about a third, however rare
+    assert all(labels[i] >= 0 for i in drawn)
+    ranks[0].set_epoch(2)
+    assert list(ranks[0]) != shares[0]
+
+
+def test_warmup_then_cosine():
+    factor = warmup_cosine(warmup_steps=4, total_steps=14)
+    assert [factor(s) for s in range(4)] == pytest.approx([0.2, 0.4, 0.6, 0.8])
+    assert factor(4) == pytest.approx(1.0)
+    assert factor(9) == pytest.approx(0.5)
+    assert factor(13) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.9)))
+    assert all(factor(s) >= factor(s + 1) for s in range(4, 20))
+
+
+def test_amp_selection():
+    cpu = torch.device("cpu")
+    assert amp_dtype("auto", cpu) is None and amp_dtype("off", cpu) is None
+    assert amp_dtype("bf16", cpu) is torch.bfloat16
+    with pytest.raises(ConfigError, match="fp16 needs a CUDA"):
+        amp_dtype("fp16", cpu)
+
+
+def test_rng_state_round_trips_through_a_weights_only_checkpoint(tmp_path):
+    import random
+
+    torch.manual_seed(1)
+    np.random.seed(2)
+    random.seed(3)
+    torch.save({"rng": [rng_state()]}, tmp_path / "state.pt")
+    expected = (torch.rand(3), np.random.rand(3), random.random())
+    torch.manual_seed(9)
+    np.random.seed(9)
+    random.seed(9)
+    set_rng_state(torch.load(tmp_path / "state.pt", weights_only=True)["rng"][0])
+    assert torch.equal(torch.rand(3), expected[0])
+    assert np.array_equal(np.random.rand(3), expected[1])
+    assert random.random() == expected[2]
+
+
+def test_param_groups_lr_and_no_decay(tiny_meld_cache):
+    cfg = load_config(None, [*tiny_meld_cache["overrides"], "train.lr=0.01", "train.encoder_lr=0.0001"])
+    model = build_model(cfg)
+    groups = param_groups(model, cfg.train)
+    text = {id(p) for p in model.encoders["text"].parameters()}
+    assert model.encoders["text"].pretrained and not model.encoders["video"].pretrained
+    for group in groups:
+        in_text = {id(p) in text for p in group["params"]}
+        assert len(in_text) == 1  # a group is either all text encoder or none of it
+        assert group["lr"] == (0.0001 if in_text == {True} else 0.01)
+        assert all((p.ndim > 1) == (group["weight_decay"] > 0) for p in group["params"])
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+
+
+@pytest.mark.parametrize("name", FUSION_HEAD)
+def test_every_trainable_parameter_gets_a_gradient(tiny_meld_cache, name):
+    """DDP is built without find_unused_parameters: every trainable parameter of every
+    fusion x head must take part in the loss of every step."""
+    cfg = load_config(REPO / "configs" / f"{name}.yaml", [*tiny_meld_cache["overrides"], *QUICK])
+    torch.manual_seed(0)
+    run = prepare(cfg, torch.device("cpu"))
+    batch = collate([run.datasets["train"][i] for i in range(3)])
+    loss, _ = run.loss_fn(run.model.train()(batch), batch["labels"])
+    loss.backward()
+    missing = [n for n, p in run.model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing
+
+
+def test_split_labels_from_the_manifest(tiny_meld_cache):
+    dataset = MeldDataset(Path(tiny_meld_cache["cache_dir"]) / "train")
+    emotion, sentiment, regression = split_labels(dataset)
+    assert emotion.shape == sentiment.shape == (14,) and regression.shape == (14, 1)
+    assert np.bincount(emotion).tolist() == [2] * 7  # 2 generated clips per emotion
+    item = dataset[5]["labels"]
+    assert (emotion[5], sentiment[5], regression[5, 0]) == (item["emotion"], item["sentiment"],
+                                                             item["regression"][0].item())
+
+
+# --------------------------------------------------------------------------- end to end, in process
+@pytest.mark.slow
+def test_single_process_writes_every_output(tiny_meld_cache, tmp_path):
+    out = tmp_path / "run"
+    overrides = [*tiny_meld_cache["overrides"], *QUICK, f"output_dir={out}", "train.epochs=2",
+                 "train.token_mask_samples=0.5", "train.accumulate=2", "train.device=auto"]
+    result = main(overrides)
+    for name in ("config.yaml", "last.pt", "best.pt", "metrics.json", "report.txt", "classification_report.json",
+                 "confusion_matrix.png", "confusion_matrix_sentiment.png", "curves.png"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    assert list(out.glob("events.out.tfevents.*"))
+    assert not list(out.glob("*.tmp"))
+
+    metrics = metrics_of(out)
+    assert metrics == json.loads(json.dumps(result))
+    assert [row["epoch"] for row in metrics["epochs"]] == [1, 2]
+    assert all(math.isfinite(row["train_loss"]) for row in metrics["epochs"])
+    val = metrics["epochs"][0]["val"]
+    assert val["emotion"]["count"] == 14 and len(val["emotion"]["confusion_matrix"]) == 7
+    assert {"rmse", "mae", "pearson"} <= set(val["polarity"])
+    assert metrics["test"]["emotion"]["count"] == 14
+    best_epoch = metrics["best_epoch"]
+    assert metrics["best_val"] == metrics["epochs"][best_epoch - 1]["val"]["emotion"]["weighted_f1"]
+    report = json.loads((out / "classification_report.json").read_text())
+    assert report["split"] == "test" and set(report["emotion"]["per_class"]) >= {"neutral", "fear"}
+    assert "disgust" in (out / "report.txt").read_text()
+
+    last = load_checkpoint(out / "last.pt")  # weights_only=True inside
+    assert last["epoch"] == 2 and last["sampler_epoch"] == 2 and last["scaler"] is None
+    assert len(last["rng"]) == 1 and len(last["metrics"]) == 2
+    assert last["preprocess"] == json.loads((Path(tiny_meld_cache["cache_dir"]) / "train" / "meta.json")
+                                            .read_text())["preprocess"]
+    assert last["labels"]["emotion"][0] == "neutral"
+    cfg = config_from_dict(last["config"])
+    assert cfg.train.epochs == 2 and cfg.output_dir == str(out)
+    assert load_config(out / "config.yaml").train.accumulate == 2
+    best = load_checkpoint(out / "best.pt")
+    assert best["epoch"] == best_epoch
+    model = MultimodalModel.from_checkpoint(out / "best.pt")
+    assert not model.training
+
+    with pytest.raises(FileExistsError, match="train.resume=true"):
+        main(overrides)
+
+
+@pytest.mark.slow
+def test_early_stopping_and_validation_without_test_split(tiny_meld_cache, tmp_path):
+    # A learning rate too small to change any prediction: the validation F1 never improves
+    # after epoch 1, so patience 1 stops the run after epoch 2 of 4.
+    out = tmp_path / "run"
+    result = main([*tiny_meld_cache["overrides"], *QUICK, f"output_dir={out}", "train.epochs=4",
+                   "train.max_steps_per_epoch=1", "train.early_stopping_patience=1", "train.lr=1.0e-12",
+                   "train.encoder_lr=1.0e-12", "data.test_split="])
+    assert [row["epoch"] for row in result["epochs"]] == [1, 2]
+    assert result["best_epoch"] == 1 and result["test"] is None
+    assert json.loads((out / "classification_report.json").read_text())["split"] == "dev"
+    # Resuming a run that stopped early trains no further.
+    again = main([*tiny_meld_cache["overrides"], *QUICK, f"output_dir={out}", "train.epochs=4",
+                  "train.max_steps_per_epoch=1", "train.early_stopping_patience=1", "train.lr=1.0e-12",
+                  "train.encoder_lr=1.0e-12", "data.test_split=", "train.resume=true"])
+    assert len(again["epochs"]) == 2
+
+
+def test_bad_config_exits_before_any_work(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([f"output_dir={tmp_path / 'run'}", "train.lr=-1"])
+    assert exit_info.value.code == 2
+    assert "train.lr: must be > 0" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_cache_with_other_preprocessing_is_refused(tiny_meld_cache, tmp_path):
+    with pytest.raises(ValueError, match="video.size: cache has 32, wanted 48"):
+        main([*tiny_meld_cache["overrides"], *QUICK, f"output_dir={tmp_path}", "preprocess.video.size=48"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", OFFLINE_CONFIGS, ids=[path.stem for path in OFFLINE_CONFIGS])
+def test_every_config_runs_one_step(tiny_meld_cache, tmp_path, config):
+    overrides = [*tiny_meld_cache["overrides"], *QUICK, f"output_dir={tmp_path / 'run'}", "train.epochs=1",
+                 "train.max_steps_per_epoch=1", "train.batch_size=2"]
+    if sorted(load_config(config, overrides).preprocess.modalities) != sorted(MODALITIES):
+        # e.g. a text-only config: its own cache of the tiny MELD folder, with its modalities
+        cache_dir = tmp_path / "cache"
+        status = preprocess.main([tiny_meld_cache["meld_root"], str(cache_dir), "--workers", "1",
+                                  "--config", str(config), *tiny_meld_cache["preprocess_overrides"]])
+        assert status == 0
+        overrides.append(f"data.cache_dir={cache_dir}")
+    result = main(["--config", str(config), *overrides])
+    assert len(result["epochs"]) == 1 and math.isfinite(result["epochs"][0]["train_loss"])
+    assert (tmp_path / "run" / "best.pt").is_file()
+
+
+def test_meld_bert_base_says_how_to_provide_its_weights(tiny_meld_cache, tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    # Empty caches, so the test holds on a machine that does have the weights.
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    path = REPO / "configs" / "meld_bert_base.yaml"
+    cfg = load_config(path)
+    assert cfg.preprocess.text.model == "bert-base-uncased"
+    with pytest.raises(FileNotFoundError, match="huggingface-cli download bert-base-uncased"):
+        build_model(cfg)
+    cfg = load_config(path, [f"preprocess.text.model={tiny_meld_cache['text_model']}",
+                             "model.encoders.text.freeze_layers=0"])
+    with pytest.raises(FileNotFoundError, match="ImageNet weights for resnet18"):
+        build_model(cfg)
+
+
+# --------------------------------------------------------------------------- subprocess runs
+def no_dropout_text_model(source: str, folder: Path) -> Path:
+    """A copy of the tiny BERT without dropout, so that the runs compared are deterministic."""
+    shutil.copytree(source, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def odd_dev_cache(cache_dir: str, folder: Path) -> Path:
+    """The tiny cache with 13 dev samples, so that DistributedSampler pads the dev split."""
+    shutil.copytree(cache_dir, folder)
+    manifest = folder / "dev" / "manifest.jsonl"
+    rows = [json.loads(line) for line in manifest.read_text().splitlines()]
+    ok = [i for i, row in enumerate(rows) if row["status"] == "ok"]
+    rows[ok[-1]] = {**rows[ok[-1]], "status": "skipped", "reason": "left out by the test"}
+    manifest.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return folder
+
+
+def read_ids(ids_dir: Path, rank: int) -> dict[tuple[int, int], list[str]]:
+    lines = (ids_dir / f"rank{rank}.jsonl").read_text().splitlines()
+    return {(row["epoch"], row["step"]): row["ids"] for row in map(json.loads, lines)}
+
+
+@pytest.mark.slow
+def test_ddp_two_ranks_match_one_process(tiny_meld_cache, tmp_path):
+    """torchrun with 2 CPU ranks (gloo) at batch B equals one process at batch 2B: the ranks
+    see disjoint halves of each global batch, the weights agree, and the validation metrics
+    of the padded 13-sample dev split are those of one process, exactly."""
+    cache = odd_dev_cache(tiny_meld_cache["cache_dir"], tmp_path / "cache")
+    text_model = no_dropout_text_model(tiny_meld_cache["text_model"], tmp_path / "bert")
+    common = [*tiny_meld_cache["overrides"], f"data.cache_dir={cache}", "data.num_workers=0",
+              "model.modalities=[audio,text]",  # ResNet's BatchNorm statistics depend on the batch split
+              f"model.encoders.text.model={text_model}", "model.encoders.text.dropout=0",
+              "model.fusion.dropout=0", "model.head.dropout=0", "train.token_mask_samples=0",
+              "train.epochs=2", "data.test_split=",
+              # progressive unfreezing rebuilds the DDP wrapper after epoch 1
+              "model.encoders.text.freeze_layers=1", "train.unfreeze_after_epochs=1"]
+    single = run([sys.executable, str(HARNESS), "--ids", str(tmp_path / "ids1"), "--",
+                  *common, f"output_dir={tmp_path / 'one'}", "train.batch_size=4"])
+    assert single.returncode == 0, single.stderr[-3000:]
+    ddp = run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               str(HARNESS), "--ids", str(tmp_path / "ids2"), "--",
+               *common, f"output_dir={tmp_path / 'two'}", "train.batch_size=2"])
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+
+    one, ranks = read_ids(tmp_path / "ids1", 0), [read_ids(tmp_path / "ids2", r) for r in (0, 1)]
+    assert set(one) == set(ranks[0]) == set(ranks[1]) and len(one) == 2 * 4  # 2 epochs of 4 steps
+    for key, ids in one.items():
+        first, second = ranks[0][key], ranks[1][key]
+        assert not set(first) & set(second)
+        assert sorted(first + second) == sorted(ids)
+    for epoch in (0, 1):
+        seen = [i for (e, _), ids in one.items() if e == epoch for i in ids]
+        assert len(seen) == len(set(seen)) == 14
+
+    weights_one = load_checkpoint(tmp_path / "one" / "last.pt")["model"]
+    weights_two = load_checkpoint(tmp_path / "two" / "last.pt")["model"]
+    assert weights_one.keys() == weights_two.keys()
+    for name, tensor in weights_one.items():
+        torch.testing.assert_close(weights_two[name], tensor, rtol=1e-4, atol=1e-4, msg=name)
+    metrics_one, metrics_two = metrics_of(tmp_path / "one"), metrics_of(tmp_path / "two")
+    for row_one, row_two in zip(metrics_one["epochs"], metrics_two["epochs"]):
+        assert row_two["val"]["emotion"]["count"] == 13
+        assert row_two["val"]["emotion"]["confusion_matrix"] == row_one["val"]["emotion"]["confusion_matrix"]
+        assert row_two["val"]["loss"] == pytest.approx(row_one["val"]["loss"], rel=1e-4)
+        assert row_two["train_loss"] == pytest.approx(row_one["train_loss"], rel=1e-4)
+    assert len(load_checkpoint(tmp_path / "two" / "last.pt")["rng"]) == 2
+
+
+@pytest.mark.slow
+def test_ddp_validation_metrics_are_those_of_the_saved_model(tiny_meld_cache, tmp_path):
+    """With BatchNorm (ResNet) each rank's running statistics drift apart; the validation
+    metrics of a DDP run must still be those of best.pt evaluated by one process."""
+    out = tmp_path / "run"
+    ddp = run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               "-m", "pipeline.train", *tiny_meld_cache["overrides"], *QUICK, f"output_dir={out}",
+               "train.batch_size=2", "train.epochs=1", "train.max_steps_per_epoch=3", "data.test_split="])
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    cfg = load_config(out / "config.yaml")
+    model = MultimodalModel.from_checkpoint(out / "best.pt")
+    train_set, dev = (MeldDataset(Path(cfg.data.cache_dir) / split, cfg.model.modalities) for split in ("train", "dev"))
+    loss_fn = build_loss(cfg.train, *split_labels(train_set))
+    loader = DataLoader(dev, batch_size=4, collate_fn=collate)
+    metrics, _ = evaluate(model, loader, loss_fn, torch.device("cpu"))
+    val = metrics_of(out)["epochs"][0]["val"]
+    assert val["emotion"]["confusion_matrix"] == metrics["emotion"]["confusion_matrix"]
+    assert val["loss"] == pytest.approx(metrics["loss"], rel=1e-5)
+
+
+@pytest.mark.slow
+def test_resume_after_kill_matches_uninterrupted_run(tiny_meld_cache, tmp_path):
+    """SIGKILL in the middle of epoch 2 of 3, then train.resume=true: the same metrics and
+    weights as a run never interrupted (dropout, token masking and workers included)."""
+    common = [*tiny_meld_cache["overrides"], "data.num_workers=1", "train.batch_size=4", "train.epochs=3",
+              "train.token_mask_samples=0.5", "model.encoders.text.freeze_layers=1",
+              "train.unfreeze_after_epochs=2"]
+    whole = run([sys.executable, "-m", "pipeline.train", *common, f"output_dir={tmp_path / 'whole'}"])
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    killed = run([sys.executable, str(HARNESS), "--kill-at", "1:2", "--", *common,
+                  f"output_dir={tmp_path / 'resumed'}"])
+    assert killed.returncode == -9
+    assert load_checkpoint(tmp_path / "resumed" / "last.pt")["epoch"] == 1
+    resumed = run([sys.executable, "-m", "pipeline.train", *common, f"output_dir={tmp_path / 'resumed'}",
+                   "train.resume=true"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stderr
+
+    expected, got = without_timings(metrics_of(tmp_path / "whole")), without_timings(metrics_of(tmp_path / "resumed"))
+    assert got == expected
+    weights_whole = load_checkpoint(tmp_path / "whole" / "last.pt")["model"]
+    weights_resumed = load_checkpoint(tmp_path / "resumed" / "last.pt")["model"]
+    assert all(torch.equal(weights_resumed[name], tensor) for name, tensor in weights_whole.items())
