@@ -89,9 +89,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--work-dir", type=Path, default=REPO / "runs" / "bench_fusion")
     parser.add_argument("--config", default=str(REPO / "configs" / "demo.yaml"),
                         help="base config of every run (default: %(default)s)")
-    parser.add_argument("--clips-per-class", type=int, default=40,
-                        help="train clips per emotion; dev and test get a third each (default: %(default)s)")
-    parser.add_argument("--epochs", type=int, default=8, help="per run, best on dev (default: %(default)s)")
+    parser.add_argument("--clips-per-class", type=int,
+                        help="train clips per emotion; dev and test get a third each (default: 40)")
+    parser.add_argument("--epochs", type=int, help="per run, best on dev (default: 8)")
     parser.add_argument("--seed", type=int, default=0, help="data and training seed (default: %(default)s)")
     parser.add_argument("--ambiguous-share", type=float, default=sample.AMBIGUOUS_SHARE)
     parser.add_argument("--audio-random-share", type=float, default=0.4)
@@ -100,11 +100,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=0,
                         help="torch threads for training (default 0: torch's choice; 1 is faster on a busy machine)")
     parser.add_argument("--quick", action="store_true",
-                        help="smoke run: 8 clips per class, 2 epochs (figures meaningless)")
+                        help="smoke run: 8 clips per class and 2 epochs unless given (figures meaningless)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for every run")
     args = parser.parse_args(argv)
-    if args.quick:
-        args.clips_per_class, args.epochs = 8, 2
+    args.clips_per_class = args.clips_per_class or (8 if args.quick else 40)
+    args.epochs = args.epochs or (2 if args.quick else 8)
     return args
 
 

@@ -39,6 +39,7 @@ import torch
 
 from pipeline import preprocess
 from pipeline import train as training
+from pipeline.cache import CacheSplit
 from pipeline.config import load_config, to_dict
 
 log = logging.getLogger("bench.meld_text")
@@ -66,9 +67,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="caches and run folders (default: %(default)s)")
     parser.add_argument("--config", default=str(REPO / "configs" / "meld_text.yaml"),
                         help="base config of every run (default: %(default)s)")
-    parser.add_argument("--epochs", type=int, default=3, help="epochs of runs 1-2 (default: %(default)s)")
-    parser.add_argument("--sweep-epochs", type=int, default=1,
-                        help="epochs of each class-weighting run (default: %(default)s)")
+    parser.add_argument("--epochs", type=int, help="epochs of runs 1-2 (default: 3)")
+    parser.add_argument("--sweep-epochs", type=int, help="epochs of each class-weighting run (default: 1)")
     parser.add_argument("--max-train", type=int, default=0,
                         help="training utterances per epoch, drawn at random each epoch (default: all)")
     parser.add_argument("--context-turns", type=int, default=2, help="turns of run 2 (default: %(default)s)")
@@ -83,11 +83,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=0,
                         help="torch threads (default 0: torch's choice; 1 is faster on a busy machine)")
     parser.add_argument("--quick", action="store_true",
-                        help="smoke run: 1 epoch of 640 utterances (or --max-train) per run (figures meaningless)")
+                        help="smoke run: 1 epoch of 640 utterances per run unless given (figures meaningless)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for every run")
     args = parser.parse_args(argv)
-    if args.quick:
-        args.epochs, args.sweep_epochs, args.max_train = 1, 1, args.max_train or 640
+    args.epochs = args.epochs or (1 if args.quick else 3)
+    args.sweep_epochs = args.sweep_epochs or 1
+    args.max_train = args.max_train or (640 if args.quick else 0)
     return args
 
 
@@ -135,12 +136,13 @@ def train_run(run: Run, args: argparse.Namespace, cache_dir: Path) -> dict[str, 
                  *(item for item in args.overrides if not item.startswith("preprocess."))]
     started = time.perf_counter()
     result = training.main(["--config", args.config, *overrides])
-    best = result["epochs"][result["best_epoch"] - 1]
-    emotion = best["val"]["emotion"]
+    emotion = result["epochs"][result["best_epoch"] - 1]["val"]["emotion"]
+    train_size = len(CacheSplit(cache_dir / "train"))
     row = {"run": run, "best_epoch": result["best_epoch"], "accuracy": emotion["accuracy"],
            "weighted_f1": emotion["weighted_f1"], "macro_f1": emotion["macro_f1"],
            "fear": emotion["per_class"]["fear"]["f1"], "disgust": emotion["per_class"]["disgust"]["f1"],
-           "samples": best["samples_per_second"] * best["seconds"], "minutes": (time.perf_counter() - started) / 60}
+           "samples": min(steps * batch_size, train_size) if steps else train_size,
+           "minutes": (time.perf_counter() - started) / 60}
     log.info("%s: dev weighted F1 %.4f, accuracy %.4f, macro F1 %.4f (best epoch %d, %.1f min)", run.name,
              row["weighted_f1"], row["accuracy"], row["macro_f1"], row["best_epoch"], row["minutes"])
     return row
@@ -164,7 +166,7 @@ def table(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
     ]
     for row in rows:
         run = row["run"]
-        lines.append(f"| {run.name} | {run.context_turns} | {run.weighting} | {run.epochs} | {row['samples']:.0f} | "
+        lines.append(f"| {run.name} | {run.context_turns} | {run.weighting} | {run.epochs} | {row['samples']} | "
                      f"{row['accuracy']:.3f} | {row['weighted_f1']:.3f} | {row['macro_f1']:.3f} | "
                      f"{row['fear']:.3f} | {row['disgust']:.3f} | {row['best_epoch']} | {row['minutes']:.1f} |")
     return "\n".join(lines)

@@ -27,6 +27,7 @@ from pipeline.model import MultimodalModel
 
 REPO = Path(__file__).resolve().parents[2]
 NUM_EXPERTS = 4  # the MoE head's default: rows carry that many gates
+ATOL = 1e-5  # inference against evaluation: only float rounding may differ (batch padding)
 
 
 @pytest.fixture(scope="module")
@@ -96,13 +97,13 @@ def test_predictions_equal_evaluation_through_the_training_cache(trained, tmp_pa
     assert len(expected) >= 10 and set(expected) < {row["id"] for row in rows}
     spread = np.stack([e["emotion"] for e in expected.values()])
     gaps = np.abs(spread[:, None] - spread[None]).max(-1) + np.eye(len(spread))
-    assert gaps.min() > 1e-3  # any two clips differ by far more than the tolerance below
+    assert gaps.min() > 10 * ATOL  # so equal probabilities below mean the same clip and inputs
     for row in rows:
         assert_ok_row(row)
         if row["id"] in expected:
             assert row["modalities"] == ["audio", "text", "video"]
             for task, names in (("emotion", EMOTIONS), ("sentiment", SENTIMENTS)):
-                np.testing.assert_allclose(probs(row, task, names), expected[row["id"]][task], atol=1e-5)
+                np.testing.assert_allclose(probs(row, task, names), expected[row["id"]][task], atol=ATOL)
         else:  # the unlabelled extra clip that no CSV row names: predicted without text
             assert row["modalities"] == ["audio", "video"]
     report = capsys.readouterr().out
@@ -215,7 +216,7 @@ def test_list_file_and_clip_text_csv_match_the_cache(trained, tmp_path):
         assert_ok_row(row)
         assert row["modalities"] == ["audio", "text", "video"]
         for task, labels in (("emotion", EMOTIONS), ("sentiment", SENTIMENTS)):
-            np.testing.assert_allclose(probs(row, task, labels), trained["expected"][id_][task], atol=1e-5)
+            np.testing.assert_allclose(probs(row, task, labels), trained["expected"][id_][task], atol=ATOL)
 
 
 def test_batches_ramp_up_then_stay_full():

@@ -1,0 +1,49 @@
+"""bench/meld_text.py end to end on tiny MELD-format CSVs with a tiny text model."""
+from __future__ import annotations
+
+import numpy as np
+
+from bench_loader import load_bench
+from pipeline.cache import CacheSplit
+from pipeline.labels import EMOTIONS
+from pipeline.sample import write_meld_csv
+
+LINES = ("I am so happy.", "The train leaves at noon.", "I am very glad.", "Noon.", "I am so glad.",
+         "The train.", "Very happy.")
+
+
+def write_csvs(folder) -> None:
+    """train: 4 dialogues of 7 turns (every emotion once each); dev: 1 such dialogue."""
+    for name, dialogues in (("train_sent_emo.csv", 4), ("dev_sent_emo.csv", 1)):
+        rows = [{"Sr No.": 7 * d + u + 1, "Utterance": LINES[(u + d) % 7], "Speaker": ("Ross", "Monica")[u % 2],
+                 "Emotion": EMOTIONS[u], "Sentiment": "neutral", "Dialogue_ID": d, "Utterance_ID": u}
+                for d in range(dialogues) for u in range(7)]
+        write_meld_csv(folder / name, rows)
+
+
+def test_meld_text_bench_trains_and_reports_every_run(tmp_path, tiny_text_model, capsys):
+    write_csvs(tmp_path / "meld")
+    bench = load_bench("meld_text")
+    rows = bench.main(["--meld-csv-dir", str(tmp_path / "meld"), "--work-dir", str(tmp_path / "work"),
+                       "--quick", "--max-train", "8", "--workers", "1", "--context-turns", "2",
+                       "--max-length", "16", "--context-max-length", "32",
+                       f"preprocess.text.model={tiny_text_model}", "train.batch_size=4"])
+
+    assert [row["run"].name for row in rows] == [
+        "no context", "2 context turns", "weighting none", "weighting inverse", "weighting sqrt_inverse",
+        "weighting effective_number"]
+    assert [row["run"].weighting for row in rows[2:]] == list(bench.WEIGHTINGS)
+    for row in rows:
+        assert row["samples"] == 8 and row["best_epoch"] == 1
+        assert all(0.0 <= row[key] <= 1.0 for key in ("accuracy", "weighted_f1", "macro_f1", "fear", "disgust"))
+    out = capsys.readouterr().out
+    assert out.count("\n| ") == 1 + len(rows)  # header row, then one row per run
+    assert "| 2 context turns | 2 | sqrt_inverse | 1 | 8 |" in out
+
+    # The context cache holds the same utterances, longer by the previous turns.
+    caches = {path.name.split("-")[1]: CacheSplit(path / "dev") for path in (tmp_path / "work").glob("cache-*")}
+    assert sorted(caches) == ["context0", "context2"]
+    assert caches["context2"].preprocess["text"]["context_turns"] == 2
+    lengths = {name: np.array([len(cache.load(r["id"])["input_ids"]) for r in cache.records])
+               for name, cache in caches.items()}
+    assert (lengths["context2"][2:] > lengths["context0"][2:]).all()
