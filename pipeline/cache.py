@@ -131,7 +131,8 @@ def check_meta(meta: Mapping[str, Any], preprocess: Mapping[str, Any], split_dir
         differences = "\n  ".join(param_differences(meta.get("preprocess", {}), preprocess))
         raise CacheMismatchError(
             f"{split_dir} was made with other preprocessing parameters:\n  {differences}\n"
-            "Use another output folder, delete this one, or preprocess with its parameters.")
+            "Either use the cache's parameters (the preprocess section of your config), or "
+            "preprocess into another folder with the parameters you want.")
 
 
 def done_ids(split_dir: str | Path) -> set[str]:

@@ -150,21 +150,19 @@ class Runner:
     processes, each with its own tokenizer, started on first use and shared by all splits."""
 
     def __init__(self, preprocess: dict[str, Any], workers: int) -> None:
+        # Built here, before any cache file is written: a tokenizer that cannot be loaded
+        # stops the run with its message (a pool would restart a failing worker forever, and
+        # a meta.json written first would refuse the corrected rerun).
+        self.local = Worker(preprocess)
         self.preprocess = preprocess
         self.workers = workers
-        self.local: Worker | None = None
         self.pool: Any = None
 
     def run(self, tasks: Sequence[Task]) -> Iterable[dict[str, Any]]:
         """The manifest rows of ``tasks``, in completion order."""
         if self.workers <= 1:
-            if self.local is None:
-                self.local = Worker(self.preprocess)
             return map(self.local.process, tasks)
         if self.pool is None:
-            # A pool restarts a worker whose initializer raises, forever: build one here
-            # first, so that a tokenizer that cannot be loaded fails the run with its message.
-            Worker(self.preprocess)
             os.environ["TOKENIZERS_PARALLELISM"] = "false"
             self.pool = multiprocessing.Pool(self.workers, initializer=init_worker,
                                              initargs=(self.preprocess,))
@@ -303,7 +301,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (FileNotFoundError, meld.MeldFormatError) as err:
         logger.error("%s", err)
         return 1
-    runner = Runner(to_dict(pcfg), args.workers)
+    try:
+        runner = Runner(to_dict(pcfg), args.workers)
+    except (OSError, ValueError) as err:  # the text model's tokenizer cannot be loaded
+        logger.error("%s", err)
+        return 1
     failed = True
     try:
         for split, (tasks, extras) in plans.items():

@@ -40,14 +40,16 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from tqdm import tqdm
 
+from encoders.weights import WeightsError
 from pipeline import distributed as dist
-from pipeline.cache import CacheSplit, flatten
+from pipeline.cache import CacheMismatchError, CacheSplit, flatten
 from pipeline.config import Config, ConfigError, TrainConfig, dump_yaml, format_config, load_config, to_dict
 from pipeline.data import MeldDataset, collate, labels_of
 from pipeline.labels import EMOTIONS, SENTIMENTS, label_vocab
 from pipeline.losses import MultitaskLoss, build_loss
 from pipeline.metrics import compute_metrics, format_report, plot_confusion_matrix, plot_curves
-from pipeline.model import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, MultimodalModel, build_model, load_checkpoint
+from pipeline.model import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, CheckpointError, MultimodalModel, build_model,
+                            load_checkpoint)
 
 log = logging.getLogger(__name__)
 
@@ -469,11 +471,11 @@ def train(cfg: Config, device: torch.device) -> dict:
     if last_path.exists() and not cfg.train.resume:
         raise FileExistsError(f"{out_dir} already holds a run (last.pt); continue it with train.resume=true "
                               "or choose another output_dir")
+    dist.seed_everything(cfg.train.seed)
+    run = prepare(cfg, device)  # checks the caches first: a refused run leaves no output folder
     if main:
         out_dir.mkdir(parents=True, exist_ok=True)
         dump_yaml(cfg, out_dir / "config.yaml")
-    dist.seed_everything(cfg.train.seed)
-    run = prepare(cfg, device)
     model, world = run.model, dist.get_world_size()
 
     start_epoch, best, bad_epochs, history = 0, -math.inf, 0, []
@@ -573,6 +575,11 @@ def parse_config(argv: Sequence[str] | None) -> Config:
         parser.error(str(err))
 
 
+# What a user's files can get wrong before training starts: a cache made with other
+# parameters, a missing run to resume, a damaged or foreign checkpoint, absent weights.
+STARTUP_ERRORS = (CacheMismatchError, CheckpointError, FileExistsError, FileNotFoundError, WeightsError)
+
+
 @record
 def main(argv: Sequence[str] | None = None) -> dict:
     """Resolve the config, join the process group (under torchrun), train, leave the group."""
@@ -580,7 +587,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     dist.setup_logging()
     log.info("resolved config:\n%s", format_config(cfg))
     device = dist.init_distributed(cfg.train.device, cfg.train.dist_timeout_minutes)
-    result = train(cfg, device)
+    try:
+        result = train(cfg, device)
+    except STARTUP_ERRORS as err:  # the user's files, not a bug: one line, no traceback
+        log.error("%s", err)
+        raise SystemExit(1) from None
     dist.cleanup()
     return result
 

@@ -178,7 +178,7 @@ def test_split_labels_from_the_manifest(tiny_meld_cache):
 
 # --------------------------------------------------------------------------- end to end, in process
 @pytest.mark.slow
-def test_single_process_writes_every_output(tiny_meld_cache, tmp_path):
+def test_single_process_writes_every_output(tiny_meld_cache, tmp_path, capsys):
     out = tmp_path / "run"
     overrides = [*tiny_meld_cache["overrides"], *QUICK, f"output_dir={out}", "train.epochs=2",
                  "train.token_mask_samples=0.5", "train.accumulate=2", "train.device=auto"]
@@ -217,8 +217,10 @@ def test_single_process_writes_every_output(tiny_meld_cache, tmp_path):
     model = MultimodalModel.from_checkpoint(out / "best.pt")
     assert not model.training
 
-    with pytest.raises(FileExistsError, match="train.resume=true"):
+    with pytest.raises(SystemExit) as exit_info:
         main(overrides)
+    assert exit_info.value.code == 1
+    assert "train.resume=true" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -247,9 +249,12 @@ def test_bad_config_exits_before_any_work(tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
-def test_cache_with_other_preprocessing_is_refused(tiny_meld_cache, tmp_path):
-    with pytest.raises(ValueError, match="video.size: cache has 32, wanted 48"):
-        main([*tiny_meld_cache["overrides"], *QUICK, f"output_dir={tmp_path}", "preprocess.video.size=48"])
+def test_cache_with_other_preprocessing_is_refused(tiny_meld_cache, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([*tiny_meld_cache["overrides"], *QUICK, f"output_dir={tmp_path / 'run'}", "preprocess.video.size=48"])
+    assert exit_info.value.code == 1
+    assert "video.size: cache has 32, wanted 48" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()  # refused before the run folder is made
 
 
 @pytest.mark.slow

@@ -93,13 +93,15 @@ def test_the_real_command_line_exits_with_the_message(tmp_path):
 def test_a_text_model_that_cannot_be_loaded_stops_a_worker_pool_run(tiny_meld_cache, tmp_path):
     """With ``--workers 2`` the tokenizer is loaded in pool workers, and a pool restarts a
     worker whose start-up fails, forever: preprocessing must fail with the message instead
-    of hanging, and store no sample."""
+    of hanging, and write nothing, so that the corrected rerun into the same folder works."""
     missing = tmp_path / "no such model"
-    result = run_cli(["-m", "pipeline.preprocess", tiny_meld_cache["meld_root"],
-                      tmp_path / "cache", "--splits", "dev", "--workers", "2", f"preprocess.text.model={missing}"],
-                     timeout=120)
-    assert result.returncode != 0
+    command = ["-m", "pipeline.preprocess", tiny_meld_cache["meld_root"], tmp_path / "cache", "--splits", "dev",
+               "--workers", "2", *tiny_meld_cache["preprocess_overrides"]]
+    result = run_cli([*command, f"preprocess.text.model={missing}"], timeout=120)
+    assert result.returncode == 1
     assert f"text model folder {missing} does not exist" in result.stderr
-    assert not list((tmp_path / "cache").rglob("*.npz"))
-    statuses = [json.loads(path.read_text()) for path in (tmp_path / "cache").rglob("status/*.json")]
-    assert all(row["reason"] == "no label" for row in statuses)  # only the unlabelled clip, before any decoding
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "cache").exists() or not list((tmp_path / "cache").rglob("*.*"))
+    result = run_cli(command, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "cache" / "dev" / "manifest.jsonl").is_file()
