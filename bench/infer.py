@@ -35,9 +35,8 @@ import torch
 from pipeline import infer, sample
 from pipeline.config import load_config, to_dict
 from pipeline.distributed import pick_device, save_on_main
-from pipeline.labels import label_vocab
 from pipeline.meld import CLIP_DIRS, CSV_NAMES
-from pipeline.model import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, build_model
+from pipeline.model import build_model, make_checkpoint
 
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 
@@ -46,10 +45,7 @@ def save_checkpoint(config: str | None, overrides: Sequence[str], path: Path) ->
     """An untrained model of the config saved in the training checkpoint format; returns it."""
     cfg = load_config(config, overrides)
     model = build_model(cfg, load_weights=False)  # nothing to download; weights do not change speed
-    checkpoint = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "model": model.state_dict(),
-                  "optimizer": None, "scheduler": None, "scaler": None, "epoch": 0, "best_metric": math.nan,
-                  "config": to_dict(cfg), "preprocess": to_dict(cfg.preprocess), "labels": label_vocab(),
-                  "metrics": []}
+    checkpoint = make_checkpoint(model, cfg, to_dict(cfg.preprocess), epoch=0, metrics=[])
     save_on_main(checkpoint, path)
     return checkpoint
 

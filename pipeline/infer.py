@@ -591,9 +591,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with pool:
         summary = run(predictor, jobs, pool, args.out, args.batch_size)
     if summary["metrics"]:
-        report = format_metrics(summary["metrics"])
-        logger.info("metrics over the labelled ok clips:\n%s", report)
-        print(report)
+        print("metrics over the labelled ok clips:\n" + format_metrics(summary["metrics"]))
     return 0
 
 

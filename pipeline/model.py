@@ -112,6 +112,14 @@ def build_model(cfg: Config, outputs: Mapping[str, int] | None = None,
     return MultimodalModel(model_cfg, outputs, load_weights=load_weights)
 
 
+def make_checkpoint(model: nn.Module, cfg: Config, preprocess: Mapping[str, Any], **state: Any) -> dict[str, Any]:
+    """The checkpoint dict of ``model`` (unwrapped) trained with ``cfg`` on a cache made with
+    ``preprocess``; ``state`` adds training's resume state (optimizer, scheduler, scaler, epoch,
+    best_metric, ...). Holds only what ``torch.load(weights_only=True)`` reads back."""
+    return {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "model": model.state_dict(),
+            "config": dataclasses.asdict(cfg), "preprocess": dict(preprocess), "labels": label_vocab(), **state}
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a checkpoint with ``torch.load(map_location="cpu", weights_only=True)`` and check
     that it is this project's format and version."""
@@ -123,11 +131,18 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         raise CheckpointError(f"{path} holds objects that weights_only loading refuses, so it is not "
-                              f"a {CHECKPOINT_FORMAT} file: {err}") from err
+                              f"a {CHECKPOINT_FORMAT} file: {first_line(err)}") from err
     except Exception as err:  # torch raises RuntimeError/EOFError/... for files that are not torch archives
-        raise CheckpointError(f"{path} is not a torch checkpoint file ({type(err).__name__}: {err})") from err
+        raise CheckpointError(f"{path} is not a torch checkpoint file "
+                              f"({type(err).__name__}: {first_line(err)})") from err
     check_checkpoint(ckpt, str(path))
     return ckpt
+
+
+def first_line(err: Exception) -> str:
+    """An exception's first line: torch appends advice (retry with ``weights_only=False``) that
+    would be wrong for a file this project refuses."""
+    return (str(err).strip().splitlines() or [""])[0]
 
 
 def check_archive(path: Path) -> None:

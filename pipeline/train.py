@@ -45,11 +45,10 @@ from pipeline import distributed as dist
 from pipeline.cache import CacheMismatchError, CacheSplit, flatten
 from pipeline.config import Config, ConfigError, TrainConfig, dump_yaml, format_config, load_config, to_dict
 from pipeline.data import MeldDataset, collate, labels_of
-from pipeline.labels import EMOTIONS, SENTIMENTS, label_vocab
+from pipeline.labels import EMOTIONS, SENTIMENTS
 from pipeline.losses import MultitaskLoss, build_loss
 from pipeline.metrics import compute_metrics, format_report, plot_confusion_matrix, plot_curves
-from pipeline.model import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, CheckpointError, MultimodalModel, build_model,
-                            load_checkpoint)
+from pipeline.model import CheckpointError, MultimodalModel, build_model, load_checkpoint, make_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -427,18 +426,16 @@ def prepare(cfg: Config, device: torch.device) -> Session:
                    dtype=dtype, augment=augment, steps_per_epoch=steps_per_epoch)
 
 
-def make_checkpoint(cfg: Config, run: Session, epoch: int, best: float, bad_epochs: int,
+def run_checkpoint(cfg: Config, run: Session, epoch: int, best: float, bad_epochs: int,
                     history: list[dict]) -> dict:
     """The checkpoint after ``epoch`` completed epochs (collective: gathers every rank's
     random state, so every rank must call it)."""
-    return {
-        "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "model": run.model.state_dict(),
-        "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
-        "scaler": run.scaler.state_dict() if run.scaler.is_enabled() else None,
-        "epoch": epoch, "best_metric": best, "bad_epochs": bad_epochs, "sampler_epoch": epoch,
-        "config": to_dict(cfg), "preprocess": run.caches["train"].preprocess, "labels": label_vocab(),
-        "rng": dist.all_gather_objects(rng_state()), "metrics": history,
-    }
+    return make_checkpoint(
+        run.model, cfg, run.caches["train"].preprocess,
+        optimizer=run.optimizer.state_dict(), scheduler=run.scheduler.state_dict(),
+        scaler=run.scaler.state_dict() if run.scaler.is_enabled() else None,
+        epoch=epoch, best_metric=best, bad_epochs=bad_epochs, sampler_epoch=epoch,
+        rng=dist.all_gather_objects(rng_state()), metrics=history)
 
 
 def restore(run: Session, ckpt: Mapping[str, Any]) -> None:
@@ -524,7 +521,7 @@ def train(cfg: Config, device: torch.device) -> dict:
             "lr": run.scheduler.get_last_lr(), "seconds": stats["seconds"],
             "samples_per_second": stats["samples"] * world / max(stats["seconds"], 1e-9),
             "data_wait_share": stats["data_wait"] / max(stats["seconds"], 1e-9), "val": val})
-        checkpoint = make_checkpoint(cfg, run, epoch + 1, best, bad_epochs, history)
+        checkpoint = run_checkpoint(cfg, run, epoch + 1, best, bad_epochs, history)
         if improved:  # best.pt before last.pt: a kill in between reruns this epoch, rewriting both
             dist.save_on_main(checkpoint, best_path)
         dist.save_on_main(checkpoint, last_path)

@@ -8,7 +8,6 @@ import torch
 
 import fusion
 from pipeline.config import Config, config_from_dict, to_dict
-from pipeline.labels import label_vocab
 from pipeline.model import (
     CHECKPOINT_FORMAT,
     CHECKPOINT_VERSION,
@@ -16,6 +15,7 @@ from pipeline.model import (
     MultimodalModel,
     build_model,
     load_checkpoint,
+    make_checkpoint,
 )
 
 torch.set_num_threads(1)
@@ -58,10 +58,7 @@ def make_batch(seed: int = 0) -> dict:
 
 
 def checkpoint_of(model: MultimodalModel, cfg: Config) -> dict:
-    return {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "model": model.state_dict(),
-            "optimizer": {}, "scheduler": {}, "scaler": None, "epoch": 1, "best_metric": 0.5,
-            "config": to_dict(cfg), "preprocess": to_dict(cfg.preprocess), "labels": label_vocab(),
-            "metrics": []}
+    return make_checkpoint(model, cfg, to_dict(cfg.preprocess), epoch=1, best_metric=0.5, metrics=[])
 
 
 @pytest.mark.parametrize("head_type", sorted(fusion.HEADS))

@@ -4,7 +4,6 @@ output folder or cache written. A text model that cannot be loaded stops a prepr
 with a worker pool, instead of hanging it."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest

@@ -14,7 +14,6 @@ import torch
 
 from pipeline import infer, train
 from pipeline.meld import CLIP_DIRS
-from pipeline.model import CheckpointError
 from reliability_helpers import run_cli
 
 # train.main in process: torchelastic's @record cannot reach the fault handler through pytest's capture
