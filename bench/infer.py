@@ -21,13 +21,18 @@ decode and the model gets the rest as torch threads, in every measurement.
 """
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+if __name__ == "__main__":  # `python bench/x.py` puts bench/ first on sys.path, where bench/fusion.py
+    sys.path[0] = str(Path(__file__).resolve().parents[1])  # would shadow the fusion package
+
 import argparse
 import logging
 import math
 import os
 import tempfile
 import time
-from pathlib import Path
 from typing import Sequence
 
 import torch

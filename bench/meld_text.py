@@ -24,6 +24,12 @@ settings were chosen on dev, so these figures are a tuned dev score, not a test 
 """
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+if __name__ == "__main__":  # `python bench/x.py` puts bench/ first on sys.path, where bench/fusion.py
+    sys.path[0] = str(Path(__file__).resolve().parents[1])  # would shadow the fusion package
+
 import argparse
 import hashlib
 import json
@@ -32,7 +38,6 @@ import math
 import shutil
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Sequence
 
 import torch

@@ -17,15 +17,19 @@ and the ratios to the floor. Target: (b)/(a) <= 1.3 and (b) well below (c).
 """
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+if __name__ == "__main__":  # `python bench/x.py` puts bench/ first on sys.path, where bench/fusion.py
+    sys.path[0] = str(Path(__file__).resolve().parents[1])  # would shadow the fusion package
+
 import argparse
 import os
 import resource
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
-from pathlib import Path
 from typing import Callable
 
 import cv2

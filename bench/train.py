@@ -14,11 +14,16 @@ as they do in a real run.
 """
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+if __name__ == "__main__":  # `python bench/x.py` puts bench/ first on sys.path, where bench/fusion.py
+    sys.path[0] = str(Path(__file__).resolve().parents[1])  # would shadow the fusion package
+
 import argparse
 import dataclasses
 import logging
 import tempfile
-from pathlib import Path
 from typing import Sequence
 
 import torch

@@ -18,7 +18,7 @@ channels. The emotion of an utterance can be learnt from each modality on its ow
 How much each modality tells is adjustable (``--ambiguous-share``, ``--audio-random-share``,
 ``--video-random-share``): a share of the clips can show the voice or the face of a randomly
 drawn emotion, so that no modality alone is perfect and combining them pays (the fusion
-benchmark, ``bench/fusion_bench.py``, uses this).
+benchmark, ``bench/fusion.py``, uses this).
 
 Like the real release, the dev and test folders also hold an unlabelled clip that no CSV
 row names (``--no-extras`` leaves them out). Everything is deterministic in ``--seed``:

@@ -1,4 +1,4 @@
-"""bench/fusion_bench.py end to end on a few generated clips with tiny encoders."""
+"""bench/fusion.py end to end on a few generated clips with tiny encoders."""
 from __future__ import annotations
 
 import json
@@ -11,7 +11,7 @@ from conftest import TINY_MODEL, TINY_PREPROCESS
 
 @pytest.mark.slow
 def test_fusion_bench_trains_every_variant_and_reports_moe_load(tmp_path, tiny_text_model, capsys):
-    bench = load_bench("fusion_bench")
+    bench = load_bench("fusion")
     argv = ["--work-dir", str(tmp_path), "--quick", "--clips-per-class", "2", "--epochs", "1",
             "--audio-random-share", "0.5", "--video-random-share", "0.25",
             f"preprocess.text.model={tiny_text_model}", *TINY_PREPROCESS, *TINY_MODEL,

@@ -1,6 +1,6 @@
 """Does fusion add what each modality knows? Single modalities against fused models.
 
-    python bench/fusion_bench.py [--work-dir runs/bench_fusion] [--clips-per-class 40] [--epochs 8]
+    python bench/fusion.py [--work-dir runs/bench_fusion] [--clips-per-class 40] [--epochs 8]
         [--config configs/demo.yaml] [--seed 0] [--ambiguous-share 0.3]
         [--audio-random-share 0.4] [--video-random-share 0.4] [--threads N] [--quick]
         [key=value ...]
@@ -23,12 +23,16 @@ each fused model beats the best single modality, and for MoE heads the load of e
 With the default shares the best accuracy any model can reach (the Bayes rate) is about
 0.74 from text alone, 0.66 from audio or video alone and 0.90 from all three. The generated
 data and its cache live in ``WORK_DIR/data-<key>/`` (key: the generation and preprocessing
-parameters), so a rerun with the same parameters skips straight to training. (The file is
-not called ``bench/fusion.py``: run as a script, it would shadow the ``fusion`` package for
-every script in ``bench/``.)
+parameters), so a rerun with the same parameters skips straight to training.
 ``key=value`` overrides apply to every run (e.g. ``train.lr=5e-4``).
 """
 from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __name__ == "__main__":  # `python bench/x.py` puts bench/ first on sys.path, where bench/fusion.py
+    sys.path[0] = str(Path(__file__).resolve().parents[1])  # would shadow the fusion package
 
 import argparse
 import hashlib
@@ -37,7 +41,6 @@ import logging
 import shutil
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Sequence
 
 import torch
@@ -49,7 +52,7 @@ from pipeline.config import load_config, to_dict
 from pipeline.data import MeldDataset, collate
 from pipeline.model import MultimodalModel
 
-log = logging.getLogger("bench.fusion_bench")
+log = logging.getLogger("bench.fusion")
 
 REPO = Path(__file__).resolve().parents[1]
 FRAME_SIZE = (320, 180)  # generated clips: cheap to render and decode, still cropped like MELD's
