@@ -1,6 +1,7 @@
 """Does fusion add what each modality knows? Single modalities against fused models.
 
-    python bench/fusion.py [--work-dir runs/bench_fusion] [--clips-per-class 40] [--epochs 8]
+    python bench/fusion.py [--work-dir runs/bench_fusion] [--clips-per-class 40]
+        [--eval-clips-per-class 40] [--epochs 8]
         [--config configs/demo.yaml] [--seed 0] [--ambiguous-share 0.3]
         [--audio-random-share 0.4] [--video-random-share 0.4] [--threads N] [--quick]
         [key=value ...]
@@ -46,6 +47,7 @@ from typing import Any, Sequence
 import torch
 from torch.utils.data import DataLoader
 
+from bench import common
 from pipeline import preprocess, sample
 from pipeline import train as training
 from pipeline.config import load_config, to_dict
@@ -71,14 +73,14 @@ class Variant:
     def fused(self) -> bool:
         return len(self.modalities) > 1
 
+    @property
+    def key(self) -> str:
+        """Short name (run folder, ``--only``): text_only, concat_moe, ..."""
+        return self.name.replace(" + ", "_").replace(" ", "_")
+
     def overrides(self) -> list[str]:
         return [f"model.modalities=[{','.join(self.modalities)}]", f"model.fusion.type={self.fusion}",
-                f"model.head.type={self.head}", *HEAD_SETTINGS.get(self.head, ())]
-
-
-# Per-head settings of this benchmark (chosen on the dev split): the MoE load-balancing term
-# of the seed design (0.01) is too weak to keep all four experts in use here.
-HEAD_SETTINGS: dict[str, tuple[str, ...]] = {"moe": ("model.head.balance_coef=0.1",)}
+                f"model.head.type={self.head}"]
 
 
 ALL = ("audio", "text", "video")
@@ -98,7 +100,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--config", default=str(REPO / "configs" / "demo.yaml"),
                         help="base config of every run (default: %(default)s)")
     parser.add_argument("--clips-per-class", type=int,
-                        help="train clips per emotion; dev and test get a third each (default: 40)")
+                        help="train clips per emotion (default: 40)")
+    parser.add_argument("--eval-clips-per-class", type=int,
+                        help="dev and test clips per emotion (default: 40; fewer make the table noisy)")
     parser.add_argument("--epochs", type=int, help="per run, best on dev (default: 8)")
     parser.add_argument("--seed", type=int, default=0, help="data and training seed (default: %(default)s)")
     parser.add_argument("--ambiguous-share", type=float, default=sample.AMBIGUOUS_SHARE)
@@ -107,11 +111,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=2, help="processes generating and preprocessing clips")
     parser.add_argument("--threads", type=int, default=0,
                         help="torch threads for training (default 0: torch's choice; 1 is faster on a busy machine)")
+    parser.add_argument("--only", type=lambda text: text.split(","), default=[v.key for v in VARIANTS],
+                        metavar="KEY[,KEY]", help=f"run only these of {', '.join(v.key for v in VARIANTS)}")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: 8 clips per class and 2 epochs unless given (figures meaningless)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for every run")
     args = parser.parse_args(argv)
+    unknown = sorted(set(args.only) - {v.key for v in VARIANTS})
+    if unknown:
+        parser.error(f"--only: unknown {unknown}")
     args.clips_per_class = args.clips_per_class or (8 if args.quick else 40)
+    args.eval_clips_per_class = args.eval_clips_per_class or (4 if args.quick else 40)
     args.epochs = args.epochs or (2 if args.quick else 8)
     return args
 
@@ -121,7 +131,8 @@ def prepare_data(args: argparse.Namespace) -> Path:
     """Generate and preprocess the sample data unless a finished copy is there; its cache dir."""
     difficulty = sample.Difficulty(args.ambiguous_share, args.audio_random_share, args.video_random_share)
     pcfg = load_config(args.config, args.overrides).preprocess
-    params = {"clips_per_class": args.clips_per_class, "seed": args.seed, "frame": FRAME_SIZE,
+    params = {"clips_per_class": args.clips_per_class, "eval_clips_per_class": args.eval_clips_per_class,
+              "seed": args.seed, "frame": FRAME_SIZE,
               "difficulty": vars(difficulty), "preprocess": to_dict(pcfg)}
     key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
     data_dir = args.work_dir / f"data-{key}"
@@ -129,12 +140,13 @@ def prepare_data(args: argparse.Namespace) -> Path:
     if not (root / sample.CSV_NAMES["test"]).is_file():  # the generator writes the CSVs last
         summary = sample.generate(root, args.clips_per_class, args.seed, width=FRAME_SIZE[0],
                                   height=FRAME_SIZE[1], workers=args.workers, overwrite=True,
-                                  difficulty=difficulty)
+                                  difficulty=difficulty, eval_clips_per_class=args.eval_clips_per_class)
         (data_dir / "generation.json").write_text(json.dumps({**params, "summary": summary}, indent=1))
     status = preprocess.main([str(root), str(cache_dir), "--workers", str(args.workers),
                               "--config", args.config, *preprocess_overrides(args.overrides)])
     if status != 0:
         raise SystemExit(f"preprocessing {root} into {cache_dir} failed")
+    log.info("data ready in %s", cache_dir)
     return cache_dir
 
 
@@ -145,7 +157,7 @@ def preprocess_overrides(overrides: Sequence[str]) -> list[str]:
 # --------------------------------------------------------------------------- runs
 def train_variant(variant: Variant, args: argparse.Namespace, cache_dir: Path) -> dict[str, Any]:
     """Train one variant with pipeline.train (fresh run folder); its test figures."""
-    out_dir = args.work_dir / "runs" / variant.name.replace(" + ", "_").replace(" ", "_")
+    out_dir = args.work_dir / "runs" / variant.key
     if out_dir.exists():
         shutil.rmtree(out_dir)
     overrides = [f"data.cache_dir={cache_dir}", f"output_dir={out_dir}", f"train.epochs={args.epochs}",
@@ -174,38 +186,37 @@ def expert_load(checkpoint: Path, split_dir: Path) -> list[float]:
 # --------------------------------------------------------------------------- report
 def table(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
     """The Markdown results table."""
-    best_single = max((row for row in rows if not row["variant"].fused), key=lambda row: row["weighted_f1"])
+    singles = [row for row in rows if not row["variant"].fused]
+    best_single = max(singles, key=lambda row: row["weighted_f1"]) if singles else None
+    best_name = f"{best_single['variant'].name}, {best_single['weighted_f1']:.3f}" if singles else "not run"
     lines = [
-        f"Sample data: {args.clips_per_class} train clips per emotion (dev and test: a third each), "
+        f"Sample data: {args.clips_per_class} train and {args.eval_clips_per_class} dev and test clips per emotion, "
         f"ambiguous text {args.ambiguous_share:.0%}, random voice {args.audio_random_share:.0%}, "
         f"random face {args.video_random_share:.0%}; config {Path(args.config).name}, "
         f"{args.epochs} epochs (best on dev), seed {args.seed}. Test split, emotion.",
         "",
-        "| model | modalities | test weighted F1 | test accuracy | beats best single "
-        f"({best_single['variant'].name}, {best_single['weighted_f1']:.3f}) | MoE expert load | train s |",
-        "|---|---|---:|---:|:---:|---|---:|",
     ]
+    cells = []
     for row in rows:
         variant = row["variant"]
-        beats = ("yes" if row["weighted_f1"] > best_single["weighted_f1"] else "no") if variant.fused else ""
+        beats = ""
+        if variant.fused and best_single is not None:
+            beats = "yes" if row["weighted_f1"] > best_single["weighted_f1"] else "no"
         load = "" if row["load"] is None else " / ".join(f"{share:.0%}" for share in row["load"])
-        lines.append(f"| {variant.name} | {'+'.join(variant.modalities)} | {row['weighted_f1']:.3f} | "
-                     f"{row['accuracy']:.3f} | {beats} | {load} | {row['seconds']:.0f} |")
+        cells.append([variant.name, "+".join(variant.modalities), f"{row['weighted_f1']:.3f}",
+                      f"{row['accuracy']:.3f}", beats, load, f"{row['seconds']:.0f}"])
+    header = ["model", "modalities", "test weighted F1", "test accuracy", f"beats best single ({best_name})",
+              "MoE expert load", "train s"]
+    lines += common.markdown_table(header, cells, "llrrclr")
     return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    started = time.perf_counter()
+    started = common.start(args.threads)
     cache_dir = prepare_data(args)
-    log.info("data ready in %s (%.0f s)", cache_dir, time.perf_counter() - started)
-    rows = [train_variant(variant, args, cache_dir) for variant in VARIANTS]
-    print(table(rows, args))
-    print(f"\nTotal wall time: {(time.perf_counter() - started) / 60:.1f} min "
-          f"({torch.get_num_threads()} torch threads)")
+    rows = [train_variant(variant, args, cache_dir) for variant in VARIANTS if variant.key in args.only]
+    common.finish(table(rows, args), started)
     low = [row["variant"].name for row in rows if row["load"] is not None and min(row["load"]) < 0.10]
     if low:
         log.warning("MoE experts below 10%% of the load in: %s", ", ".join(low))

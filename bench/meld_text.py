@@ -40,8 +40,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-import torch
-
+from bench import common
 from pipeline import preprocess
 from pipeline import train as training
 from pipeline.cache import CacheSplit
@@ -165,30 +164,23 @@ def table(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
         f"max length {args.max_length} tokens, {args.context_max_length} with context. Each run: its best "
         "epoch on dev.",
         "",
-        "| run | context turns | class weighting | epochs | train utterances / epoch | dev accuracy "
-        "| dev weighted F1 | dev macro F1 | fear F1 | disgust F1 | best epoch | minutes |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for row in rows:
-        run = row["run"]
-        lines.append(f"| {run.name} | {run.context_turns} | {run.weighting} | {run.epochs} | {row['samples']} | "
-                     f"{row['accuracy']:.3f} | {row['weighted_f1']:.3f} | {row['macro_f1']:.3f} | "
-                     f"{row['fear']:.3f} | {row['disgust']:.3f} | {row['best_epoch']} | {row['minutes']:.1f} |")
+    header = ["run", "context turns", "class weighting", "epochs", "train utterances / epoch", "dev accuracy",
+              "dev weighted F1", "dev macro F1", "fear F1", "disgust F1", "best epoch", "minutes"]
+    cells = ([row["run"].name, row["run"].context_turns, row["run"].weighting, row["run"].epochs, row["samples"],
+              *(f"{row[key]:.3f}" for key in ("accuracy", "weighted_f1", "macro_f1", "fear", "disgust")),
+              row["best_epoch"], f"{row['minutes']:.1f}"] for row in rows)
+    lines += common.markdown_table(header, cells, "lrlrrrrrrrrr")
     return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    started = time.perf_counter()
     runs = runs_of(args)
+    started = common.start(args.threads)
     caches = {turns: build_cache(args, turns) for turns in sorted({run.context_turns for run in runs})}
     rows = [train_run(run, args, caches[run.context_turns]) for run in runs]
-    print(table(rows, args))
-    print(f"\nTotal wall time: {(time.perf_counter() - started) / 60:.1f} min "
-          f"({torch.get_num_threads()} torch threads)")
+    common.finish(table(rows, args), started)
     return rows
 
 

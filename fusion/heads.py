@@ -94,7 +94,9 @@ class RegressionHead(_SingleMLPHead):
 
 @register(HEADS, "gated")
 class GatedHead(nn.Module):
-    """The funnel MLP times a softmax gate over its K outputs; ``gates`` [B,K]."""
+    """The funnel MLP times a softmax gate over its K outputs, scaled by K so that a uniform
+    gate passes the MLP through unchanged (an unscaled gate divides every logit by K at the
+    start, which left attention fusion stuck near chance in ``bench/fusion.py``); ``gates`` [B,K]."""
 
     Config = HiddenDropoutConfig
 
@@ -107,7 +109,8 @@ class GatedHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         gates = self.gate(x).softmax(dim=1)
-        return {**split_outputs(self.mlp(x) * gates, self.outputs), "aux_loss": x.new_zeros(()),
+        scaled = self.mlp(x) * gates * gates.shape[1]
+        return {**split_outputs(scaled, self.outputs), "aux_loss": x.new_zeros(()),
                 "gates": gates}
 
 
@@ -124,7 +127,7 @@ class MixtureOfExpertsHead(nn.Module):
         num_experts: int = 4
         hidden: int = 256  # width of the gating MLP
         dropout: float = 0.3
-        balance_coef: float = 0.01
+        balance_coef: float = 0.1  # the seed design's 0.01 left one expert at 4% of the load
 
         def __post_init__(self) -> None:
             if self.num_experts < 2:

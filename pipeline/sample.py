@@ -536,10 +536,10 @@ def write_all(stream: Any, payload: bytes) -> None:
 
 
 # --------------------------------------------------------------------------- whole folder
-def split_sizes(clips_per_class: int) -> dict[str, int]:
-    """Utterances per emotion of each split: train ``clips_per_class``, dev and test about a
-    third of that (at least 2)."""
-    small = max(2, round(clips_per_class / 3))
+def split_sizes(clips_per_class: int, eval_clips_per_class: int | None = None) -> dict[str, int]:
+    """Utterances per emotion of each split: train ``clips_per_class``, dev and test
+    ``eval_clips_per_class`` (default: about a third of train, at least 2)."""
+    small = max(2, round(clips_per_class / 3)) if eval_clips_per_class is None else eval_clips_per_class
     return {"train": clips_per_class, "dev": small, "test": small}
 
 
@@ -547,14 +547,16 @@ def generate(out_dir: str | Path, clips_per_class: int = 12, seed: int = 0,
              splits: Sequence[str] = SPLITS, width: int = 1280, height: int = 720,
              duration_range: tuple[float, float] = (1.5, 3.5), workers: int | None = None,
              extras: bool = True, overwrite: bool = False,
-             difficulty: Difficulty = Difficulty()) -> dict[str, Any]:
+             difficulty: Difficulty = Difficulty(),
+             eval_clips_per_class: int | None = None) -> dict[str, Any]:
     """Write a MELD.Raw-shaped sample folder to ``out_dir`` and return a summary.
 
     ``splits`` picks which of train/dev/test to write; ``workers`` clips are rendered at
     once (default: the CPU count), each by its own single-threaded ffmpeg. An ``out_dir``
     that already holds MELD files is refused unless ``overwrite`` (which then removes only
     the CSVs and clip folders this generator writes). ``difficulty`` sets how much text,
-    audio and video each tell (see :class:`Difficulty`).
+    audio and video each tell (see :class:`Difficulty`). Dev and test get
+    ``eval_clips_per_class`` utterances per emotion (default: a third of train, at least 2).
 
     Returns ``{"out_dir", "seed", "clips", "seconds", "splits": {split: {"csv", "clip_dir",
     "rows", "clips", "extras", "emotions", "off_label"}}}``, where ``off_label`` counts the
@@ -562,6 +564,8 @@ def generate(out_dir: str | Path, clips_per_class: int = 12, seed: int = 0,
     """
     if clips_per_class < 1:
         raise ValueError(f"clips_per_class: must be >= 1, got {clips_per_class}")
+    if eval_clips_per_class is not None and eval_clips_per_class < 1:
+        raise ValueError(f"eval_clips_per_class: must be >= 1, got {eval_clips_per_class}")
     unknown = sorted(set(splits) - set(SPLITS))
     if unknown or not splits:
         raise ValueError(f"splits: expected a non-empty subset of {SPLITS}, got {list(splits)}")
@@ -574,7 +578,7 @@ def generate(out_dir: str | Path, clips_per_class: int = 12, seed: int = 0,
     prepare_out_dir(out_dir, splits, overwrite)
 
     started = time.perf_counter()
-    sizes = split_sizes(clips_per_class)
+    sizes = split_sizes(clips_per_class, eval_clips_per_class)
     rows_of: dict[str, list[dict[str, Any]]] = {}
     jobs: list[ClipJob] = []
     summary: dict[str, Any] = {"out_dir": str(out_dir), "seed": seed, "splits": {}}
@@ -671,7 +675,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                     "text, audio and video separately.")
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--clips-per-class", type=int, default=12,
-                        help="train utterances per emotion (dev/test get about a third, >= 2)")
+                        help="train utterances per emotion (default: %(default)s)")
+    parser.add_argument("--eval-clips-per-class", type=int, default=None,
+                        help="dev and test utterances per emotion (default: a third of train, >= 2)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--splits", type=parse_splits, default=list(SPLITS),
                         help="comma list of train,dev,test")
@@ -697,7 +703,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         difficulty = Difficulty(args.ambiguous_share, args.audio_random_share, args.video_random_share)
         return generate(args.out_dir, args.clips_per_class, args.seed, args.splits, args.width,
                         args.height, args.duration_range, args.workers, args.extras, args.overwrite,
-                        difficulty)
+                        difficulty, args.eval_clips_per_class)
     except (ValueError, FileExistsError) as error:
         parser.error(str(error))
 

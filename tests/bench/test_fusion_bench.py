@@ -12,7 +12,8 @@ from conftest import TINY_MODEL, TINY_PREPROCESS
 @pytest.mark.slow
 def test_fusion_bench_trains_every_variant_and_reports_moe_load(tmp_path, tiny_text_model, capsys):
     bench = load_bench("fusion")
-    argv = ["--work-dir", str(tmp_path), "--quick", "--clips-per-class", "2", "--epochs", "1",
+    argv = ["--work-dir", str(tmp_path), "--quick", "--clips-per-class", "2", "--eval-clips-per-class", "1",
+            "--epochs", "1",
             "--audio-random-share", "0.5", "--video-random-share", "0.25",
             f"preprocess.text.model={tiny_text_model}", *TINY_PREPROCESS, *TINY_MODEL,
             "model.encoders.text.freeze_layers=0", "train.batch_size=8"]
@@ -35,6 +36,14 @@ def test_fusion_bench_trains_every_variant_and_reports_moe_load(tmp_path, tiny_t
     info = json.loads(generation.read_text())
     assert info["difficulty"] == {"ambiguous_share": 0.3, "audio_random_share": 0.5, "video_random_share": 0.25}
     assert info["summary"]["splits"]["train"]["off_label"]["audio"] > 0
+    assert info["summary"]["splits"]["test"]["rows"] == 7 and info["summary"]["splits"]["train"]["rows"] == 14
     written = generation.stat().st_mtime_ns
     assert bench.prepare_data(bench.parse_args(argv)) == generation.parent / "cache"
     assert generation.stat().st_mtime_ns == written
+
+    # --only trains just the named variants, on the same data.
+    rows = bench.main([*argv, "--only", "audio_only,attention_moe"])
+    assert [row["variant"].key for row in rows] == ["audio_only", "attention_moe"]
+    assert generation.stat().st_mtime_ns == written
+    with pytest.raises(SystemExit):
+        bench.parse_args([*argv, "--only", "concat_lstm"])

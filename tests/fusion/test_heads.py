@@ -77,6 +77,18 @@ def test_moe_aux_loss_uses_the_coefficient():
     assert out["aux_loss"] == 0
 
 
+def test_uniform_gate_passes_the_gated_mlp_through():
+    head = make("gated").eval()
+    x = torch.randn(5, IN_DIM)
+    with torch.no_grad():
+        head.gate[-1].weight.zero_()
+        head.gate[-1].bias.zero_()  # a constant gate: 1/K on every output
+        out = head(x)
+        plain = head.mlp(x)
+    torch.testing.assert_close(torch.cat([out[task] for task in OUTPUTS], dim=1), plain)
+    torch.testing.assert_close(out["gates"], torch.full((5, GATED["gated"]), 1 / GATED["gated"]))
+
+
 def test_config_errors_name_the_field():
     with pytest.raises(ValueError, match="num_experts"):
         fusion.HEADS["moe"].Config(num_experts=1)

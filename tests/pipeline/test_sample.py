@@ -165,6 +165,18 @@ def test_cli_writes_requested_splits_without_extras(tmp_path):
         main([str(tmp_path / "x"), "--splits", "train,validation"])
 
 
+def test_cli_sets_the_dev_and_test_size_apart_from_train(tmp_path):
+    summary = main([str(tmp_path), "--clips-per-class", "5", "--eval-clips-per-class", "1",
+                    "--splits", "dev,test", "--no-extras", "--width", "64", "--height", "36",
+                    "--duration-range", "0.5,0.5", "--workers", "2"])
+    for split in ("dev", "test"):
+        assert summary["splits"][split]["emotions"] == {emotion: 1 for emotion in EMOTIONS}
+        assert len(read_rows(tmp_path / CSV_NAMES[split])) == 7
+    assert sample.split_sizes(5) == {"train": 5, "dev": 2, "test": 2}
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "x"), "--eval-clips-per-class", "0"])
+
+
 @pytest.mark.parametrize("kwargs, expected", [
     ({"audio": False}, {"video": (64, 36, "24/1"), "audio": None}),
     ({"video": False}, {"video": None, "audio": (48000, 2)}),
