@@ -3,8 +3,8 @@
     python bench/fusion.py [--work-dir runs/bench_fusion] [--clips-per-class 40]
         [--eval-clips-per-class 40] [--epochs 8]
         [--config configs/demo.yaml] [--seed 0] [--ambiguous-share 0.3]
-        [--audio-random-share 0.4] [--video-random-share 0.4] [--threads N] [--quick]
-        [key=value ...]
+        [--audio-random-share 0.4] [--video-random-share 0.4] [--threads N]
+        [--only KEY[,KEY]] [--quick] [key=value ...]
 
 Generates MELD-shaped sample data (``pipeline.sample``) in which no modality alone is
 enough: the text of ``--ambiguous-share`` of the utterances is an ambiguous sentence, and the
@@ -114,7 +114,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--only", type=lambda text: text.split(","), default=[v.key for v in VARIANTS],
                         metavar="KEY[,KEY]", help=f"run only these of {', '.join(v.key for v in VARIANTS)}")
     parser.add_argument("--quick", action="store_true",
-                        help="smoke run: 8 clips per class and 2 epochs unless given (figures meaningless)")
+                        help="smoke run: 8 train and 4 dev/test clips per class and 2 epochs unless given "
+                             "(figures meaningless)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for every run")
     args = parser.parse_args(argv)
     unknown = sorted(set(args.only) - {v.key for v in VARIANTS})
