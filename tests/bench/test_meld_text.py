@@ -25,7 +25,7 @@ def test_meld_text_bench_trains_and_reports_every_run(tmp_path, tiny_text_model,
     write_csvs(tmp_path / "meld")
     bench = load_bench("meld_text")
     rows = bench.main(["--meld-csv-dir", str(tmp_path / "meld"), "--work-dir", str(tmp_path / "work"),
-                       "--quick", "--max-train", "8", "--workers", "1", "--context-turns", "2",
+                       "--quick", "--max-train", "8", "--workers", "1", "--context-turns", "2", "--context-epochs", "2",
                        "--max-length", "16", "--context-max-length", "32",
                        f"preprocess.text.model={tiny_text_model}", "train.batch_size=4"])
 
@@ -34,11 +34,12 @@ def test_meld_text_bench_trains_and_reports_every_run(tmp_path, tiny_text_model,
         "weighting effective_number"]
     assert [row["run"].weighting for row in rows[2:]] == list(bench.WEIGHTINGS)
     for row in rows:
-        assert row["samples"] == 8 and row["best_epoch"] == 1
+        assert row["samples"] == 8 and 1 <= row["best_epoch"] <= row["run"].epochs
         assert all(0.0 <= row[key] <= 1.0 for key in ("accuracy", "weighted_f1", "macro_f1", "fear", "disgust"))
     out = capsys.readouterr().out
     assert out.count("\n| ") == 1 + len(rows)  # header row, then one row per run
-    assert "| 2 context turns | 2 | sqrt_inverse | 1 | 8 |" in out
+    assert [row["run"].epochs for row in rows] == [1, 2, 1, 1, 1, 1]
+    assert "| 2 context turns | 2 | sqrt_inverse | 2 | 8 |" in out
 
     # The context cache holds the same utterances, longer by the previous turns.
     caches = {path.name.split("-")[1]: CacheSplit(path / "dev") for path in (tmp_path / "work").glob("cache-*")}
