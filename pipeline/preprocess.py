@@ -106,7 +106,6 @@ class Worker:
     """What a worker process builds once: the config and the tokenizer."""
 
     def __init__(self, preprocess: dict[str, Any]) -> None:
-        torch.set_num_threads(1)  # parallelism comes from the worker processes
         self.pcfg = from_dict(PreprocessConfig, preprocess, "preprocess")
         self.tokenizer = None
         if "text" in self.pcfg.modalities:
@@ -137,6 +136,9 @@ _worker: Worker | None = None  # the Worker of a pool process
 
 def init_worker(preprocess: dict[str, Any]) -> None:
     global _worker
+    # Only in pool processes: a caller's own process (a bench training right after
+    # preprocessing in-process) keeps its torch threads.
+    torch.set_num_threads(1)  # parallelism comes from the worker processes
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     _worker = Worker(preprocess)
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from meld_fixtures import FAULTS, make_meld_tree, save_tokenizer
 from pipeline import preprocess
@@ -208,12 +209,19 @@ def test_merge_reports_unfinished_shards(tree, tmp_path, caplog):
 
 
 def test_text_only_cache_from_the_csvs_alone(tree, tmp_path):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # a caller's threads survive an in-process run (a pool's workers use 1 each)
     csv_dir = tmp_path / "labels"
     csv_dir.mkdir()
     for split in SPLITS:
         shutil.copy(tree["root"] / "MELD.Raw" / CSV_NAMES[split], csv_dir)
     out = tmp_path / "out"
-    assert run(tree, out, "--csv-dir", str(csv_dir), "preprocess.modalities=[text]", root=tmp_path / "nowhere") == 0
+    try:
+        assert run(tree, out, "--csv-dir", str(csv_dir), "preprocess.modalities=[text]", root=tmp_path / "nowhere",
+                   workers=2) == 0
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
     rows = manifest(out, "dev")
     assert list(rows) == tree["dev_ids"]  # no clip folder: no unlabelled rows either
     assert all(row["status"] == "ok" and row["modalities"] == ["text"] for row in rows.values())
