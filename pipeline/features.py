@@ -42,6 +42,14 @@ class Utterance:
     context: tuple[tuple[str, str], ...] = ()  # (speaker, text) of earlier turns, oldest first
 
 
+def single_threaded_process() -> None:
+    """Set up a pool process that extracts features: one torch thread and no tokenizer
+    threads, as the parallelism comes from the processes. Never call it in a caller's own
+    process (a bench that trains right after preprocessing would train on one thread)."""
+    torch.set_num_threads(1)
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+
+
 # --------------------------------------------------------------------------- text
 def normalize_text(text: str) -> str:
     """Repair MELD's cp1252 mojibake (``\\x92`` -> ``’``, ``\\x85`` -> ``…``) and collapse

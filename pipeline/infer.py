@@ -61,7 +61,7 @@ from pipeline import meld
 from pipeline.config import ConfigError, PreprocessConfig, config_from_dict, from_dict
 from pipeline.data import collate, labels_of, make_item
 from pipeline.distributed import pick_device
-from pipeline.features import Utterance, extract_features
+from pipeline.features import Utterance, extract_features, single_threaded_process
 from pipeline.media import ClipError
 from pipeline.metrics import classification_metrics
 from pipeline.model import CheckpointError, MultimodalModel, load_checkpoint
@@ -276,8 +276,7 @@ _decoder: ClipDecoder | None = None  # the ClipDecoder of a pool process
 
 def init_decoder(preprocess: Mapping[str, Any]) -> None:
     global _decoder
-    torch.set_num_threads(1)  # parallelism comes from the worker processes
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    single_threaded_process()
     _decoder = ClipDecoder(preprocess)
 
 

@@ -32,12 +32,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-import torch
 from tqdm import tqdm
 
 from pipeline import cache, meld
 from pipeline.config import Config, ConfigError, PreprocessConfig, from_dict, resolve_raw, to_dict
-from pipeline.features import Utterance, extract_features, normalize_text
+from pipeline.features import Utterance, extract_features, normalize_text, single_threaded_process
 from pipeline.media import ClipError
 
 logger = logging.getLogger(__name__)
@@ -136,10 +135,7 @@ _worker: Worker | None = None  # the Worker of a pool process
 
 def init_worker(preprocess: dict[str, Any]) -> None:
     global _worker
-    # Only in pool processes: a caller's own process (a bench training right after
-    # preprocessing in-process) keeps its torch threads.
-    torch.set_num_threads(1)  # parallelism comes from the worker processes
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    single_threaded_process()
     _worker = Worker(preprocess)
 
 
