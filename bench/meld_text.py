@@ -1,7 +1,7 @@
 """Text-only accuracy on real MELD: MiniLM fine-tuned on CPU, scored on the dev split.
 
     python bench/meld_text.py --meld-csv-dir ../shared/meld [--work-dir runs/bench_meld_text]
-        [--epochs 3] [--context-epochs 2] [--sweep-epochs 1] [--max-train N] [--context-turns 2]
+        [--epochs 3] [--context-epochs 3] [--sweep-epochs 1] [--max-train N] [--context-turns 2]
         [--context-max-length 96] [--weighting sqrt_inverse] [--threads N] [--quick]
         [key=value ...]
 
@@ -75,7 +75,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--config", default=str(REPO / "configs" / "meld_text.yaml"),
                         help="base config of every run (default: %(default)s)")
     parser.add_argument("--epochs", type=int, help="epochs of run 1 (default: 3)")
-    parser.add_argument("--context-epochs", type=int, help="epochs of run 2 (default: 2)")
+    parser.add_argument("--context-epochs", type=int, help="epochs of run 2 (default: 3)")
     parser.add_argument("--sweep-epochs", type=int, help="epochs of each class-weighting run (default: 1)")
     parser.add_argument("--max-train", type=int, default=0,
                         help="training utterances per epoch, drawn at random each epoch (default: all)")
@@ -95,7 +95,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for every run")
     args = parser.parse_args(argv)
     args.epochs = args.epochs or (1 if args.quick else 3)
-    args.context_epochs = args.context_epochs or (1 if args.quick else 2)
+    args.context_epochs = args.context_epochs or (1 if args.quick else 3)
     args.sweep_epochs = args.sweep_epochs or 1
     args.max_train = args.max_train or (640 if args.quick else 0)
     return args

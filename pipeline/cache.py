@@ -19,13 +19,14 @@ run write into the same folder; whichever finishes last assembles ``manifest.jso
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import time
 import zipfile
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -220,10 +221,28 @@ class CacheSplit:
     def load(self, id_: str) -> dict[str, np.ndarray]:
         """The arrays of sample ``id_`` (only its present modalities'); DamagedEntryError, naming
         the file, when it is missing or damaged (np.load's own errors do not name it)."""
+        with self.reading(id_) as path, np.load(path, allow_pickle=False) as data:
+            return {name: data[name] for name in data.files}
+
+    def shapes(self, id_: str) -> dict[str, tuple[int, ...]]:
+        """The shape of each array of sample ``id_``, read from the .npy headers alone (a
+        video sample's frames are not read); DamagedEntryError as for ``load``."""
+        shapes = {}
+        with self.reading(id_) as path, zipfile.ZipFile(path) as archive:
+            for member in archive.namelist():
+                with archive.open(member) as file:
+                    version = np.lib.format.read_magic(file)
+                    header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                              else np.lib.format.read_array_header_2_0)
+                    shapes[member.removesuffix(".npy")] = header(file)[0]
+        return shapes
+
+    @contextlib.contextmanager
+    def reading(self, id_: str) -> Iterator[Path]:
+        """The npz file of sample ``id_``; read errors inside become DamagedEntryError."""
         path = self.split_dir / "items" / f"{id_}.npz"
         try:
-            with np.load(path, allow_pickle=False) as data:
-                return {name: data[name] for name in data.files}
+            yield path
         except (OSError, EOFError, ValueError, zipfile.BadZipFile) as err:
             raise DamagedEntryError(
                 f"{path}: unreadable cache entry ({type(err).__name__}: {err}); delete it and "

@@ -129,6 +129,7 @@ class DataConfig:
     test_split: str = "test"
     num_workers: int = 2
     balanced_sampler: bool = False  # class-balanced sampling of the training split (DDP-aware)
+    group_by_length: bool = False  # batches of similar text (or audio) length: less padding, faster
 
     def __post_init__(self) -> None:
         require(self.num_workers >= 0, "num_workers", f"must be >= 0, got {self.num_workers}")

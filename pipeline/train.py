@@ -30,7 +30,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -49,6 +49,7 @@ from pipeline.labels import EMOTIONS, SENTIMENTS
 from pipeline.losses import MultitaskLoss, build_loss
 from pipeline.metrics import compute_metrics, format_report, plot_confusion_matrix, plot_curves
 from pipeline.model import CheckpointError, MultimodalModel, build_model, load_checkpoint, make_checkpoint
+from pipeline.samplers import ClassBalancedSampler, LengthGroupedBatches
 
 log = logging.getLogger(__name__)
 
@@ -75,48 +76,27 @@ def open_split(cfg: Config, split: str, required: bool) -> CacheSplit | None:
     return cache
 
 
-class ClassBalancedSampler(Sampler[int]):
-    """Samples drawn with replacement so that each emotion class is equally likely.
-
-    Every rank draws the same global sequence from ``(seed, epoch)`` and keeps every
-    ``num_replicas``-th entry from its ``rank`` on, so the ranks' shares are disjoint and
-    together form one balanced epoch of ``len(labels)`` samples (rounded up to a multiple
-    of ``num_replicas``). Samples without an emotion label are never drawn.
-    """
-
-    def __init__(self, labels: Sequence[int], num_replicas: int = 1, rank: int = 0, seed: int = 0) -> None:
-        labels = np.asarray(labels)
-        known = labels >= 0
-        counts = np.bincount(labels[known], minlength=len(EMOTIONS))
-        weights = np.zeros(len(labels))
-        weights[known] = 1.0 / counts[labels[known]]
-        self.weights = torch.as_tensor(weights, dtype=torch.float64)
-        self.num_replicas, self.rank, self.seed, self.epoch = num_replicas, rank, seed, 0
-        self.num_samples = math.ceil(len(labels) / num_replicas)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self) -> Iterator[int]:
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        draws = torch.multinomial(self.weights, self.num_samples * self.num_replicas, replacement=True,
-                                  generator=generator)
-        return iter(draws[self.rank::self.num_replicas].tolist())
-
-    def __len__(self) -> int:
-        return self.num_samples
-
-
-def make_loader(dataset: Dataset, sampler: Sampler, cfg: Config, device: torch.device) -> DataLoader:
-    """A loader over ``sampler``'s share of ``dataset``; workers stay alive across epochs.
+def make_loader(dataset: Dataset, order: Sampler, cfg: Config, device: torch.device) -> DataLoader:
+    """A loader over ``order`` (a sampler of this rank's share of ``dataset``, or its
+    LengthGroupedBatches); workers stay alive across epochs.
 
     The loader gets its own generator so that iterating it never draws from the global
     random state (which must stay a function of the seed for exact resumes).
     """
     workers = cfg.data.num_workers
-    return DataLoader(dataset, batch_size=cfg.train.batch_size, sampler=sampler, collate_fn=collate,
-                      num_workers=workers, pin_memory=device.type == "cuda",
-                      persistent_workers=workers > 0, generator=torch.Generator())
+    batching = ({"batch_sampler": order} if isinstance(order, LengthGroupedBatches)
+                else {"sampler": order, "batch_size": cfg.train.batch_size})
+    return DataLoader(dataset, **batching, collate_fn=collate, num_workers=workers,
+                      pin_memory=device.type == "cuda", persistent_workers=workers > 0, generator=torch.Generator())
+
+
+def grouped(sampler: Sampler, dataset: MeldDataset, cfg: Config, shuffle: bool) -> Sampler:
+    """``sampler`` in batches of similar length when ``data.group_by_length`` is on (and the
+    dataset's samples differ in length), else ``sampler`` itself."""
+    lengths = dataset.lengths() if cfg.data.group_by_length else None
+    if lengths is None:
+        return sampler
+    return LengthGroupedBatches(sampler, lengths, cfg.train.batch_size, shuffle, cfg.train.seed)
 
 
 def to_device(batch: Any, device: torch.device) -> Any:
@@ -393,11 +373,12 @@ def prepare(cfg: Config, device: torch.device) -> Session:
         train_sampler: Sampler = ClassBalancedSampler(emotion, world, rank, cfg.train.seed)
     else:
         train_sampler = DistributedSampler(datasets["train"], world, rank, shuffle=True, seed=cfg.train.seed)
+    train_sampler = grouped(train_sampler, datasets["train"], cfg, shuffle=True)
     loaders = {"train": make_loader(datasets["train"], train_sampler, cfg, device)}
     for name in ("val", "test"):
         if name in datasets:
             sampler = DistributedSampler(datasets[name], world, rank, shuffle=False)
-            loaders[name] = make_loader(datasets[name], sampler, cfg, device)
+            loaders[name] = make_loader(datasets[name], grouped(sampler, datasets[name], cfg, False), cfg, device)
 
     model = build_model(cfg).to(device)
     if cfg.train.gradient_checkpointing:

@@ -90,3 +90,18 @@ def test_works_in_a_dataloader(split_dir):
     loader = DataLoader(MeldDataset(split_dir, ["text", "video"]), batch_size=3, collate_fn=collate)
     sizes = [len(batch["ids"]) for batch in loader]
     assert sizes == [3, 1]
+
+
+def test_lengths_are_read_from_the_headers_of_the_costlier_modality(split_dir):
+    # log-mel frames when audio is read (0 for the clip without audio), else tokens
+    assert MeldDataset(split_dir).lengths().tolist() == [40, 0, 120, 10]
+    assert MeldDataset(split_dir, ["text", "video"]).lengths().tolist() == [5, 9, 3, 4]
+    assert MeldDataset(split_dir, ["video"]).lengths() is None  # fixed size: nothing to group
+    shapes = MeldDataset(split_dir).cache.shapes("dia0_utt0")
+    assert shapes == {"input_ids": (5,), "attention_mask": (5,), "log_mel": (40, 64), "frames": (2, 16, 16, 3)}
+
+
+def test_shapes_of_a_damaged_entry_name_the_file(split_dir):
+    (split_dir / "items" / "dia0_utt1.npz").write_bytes(b"not a zip")
+    with pytest.raises(cache.DamagedEntryError, match="dia0_utt1.npz.*rerun preprocessing"):
+        MeldDataset(split_dir).cache.shapes("dia0_utt1")

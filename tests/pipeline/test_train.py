@@ -21,7 +21,7 @@ from pipeline.config import MODALITIES, ConfigError, config_from_dict, load_conf
 from pipeline.data import MeldDataset, collate
 from pipeline.model import MultimodalModel, build_model, load_checkpoint
 from pipeline.losses import build_loss
-from pipeline.train import (ClassBalancedSampler, TokenMasker, amp_dtype, evaluate, main, param_groups, prepare,
+from pipeline.train import (TokenMasker, amp_dtype, evaluate, main, param_groups, prepare,
                             rng_state, set_rng_state, split_labels, warmup_cosine)
 
 REPO = Path(__file__).resolve().parents[2]
@@ -81,27 +81,6 @@ def test_token_masker_needs_a_mask_token():
 
     with pytest.raises(ConfigError, match="token_mask_samples"):
         TokenMasker(Tokenizer(), 0.15, 0.1)
-
-
-def test_class_balanced_sampler_balances_and_splits_disjointly():
-    labels = np.array([0] * 90 + [1] * 9 + [2] * 1 + [-100] * 5)
-    single = ClassBalancedSampler(labels, seed=3)
-    ranks = [ClassBalancedSampler(labels, num_replicas=2, rank=r, seed=3) for r in (0, 1)]
-    for sampler in (single, *ranks):
-        sampler.set_epoch(1)
-    drawn = list(single)
-    shares = [list(sampler) for sampler in ranks]
-    assert len(drawn) == 105 and [len(s) for s in shares] == [53, 53]
-    # The ranks' shares interleave to one global draw (of 106 = 53 * 2 entries).
-    merged = [index for pair in zip(*shares) for index in pair]
-    generator = torch.Generator().manual_seed(3 + 1)
-    expected = torch.multinomial(ranks[0].weights, 106, replacement=True, generator=generator).tolist()
-    assert merged == expected
-    counts = np.bincount(labels[np.array(drawn)], minlength=3)
-    assert counts.min() > 20  # each of the 3 classes about a third, however rare
-    assert all(labels[i] >= 0 for i in drawn)
-    ranks[0].set_epoch(2)
-    assert list(ranks[0]) != shares[0]
 
 
 def test_warmup_then_cosine():
@@ -386,8 +365,9 @@ def test_ddp_validation_metrics_are_those_of_the_saved_model(tiny_meld_cache, tm
 @pytest.mark.slow
 def test_resume_after_kill_matches_uninterrupted_run(tiny_meld_cache, tmp_path):
     """SIGKILL in the middle of epoch 2 of 3, then train.resume=true: the same metrics and
-    weights as a run never interrupted (dropout, token masking and workers included)."""
-    common = [*tiny_meld_cache["overrides"], "data.num_workers=1", "train.batch_size=4", "train.epochs=3",
+    weights as a run never interrupted (dropout, token masking, workers and length-grouped
+    batches included)."""
+    common = [*tiny_meld_cache["overrides"], "data.num_workers=1", "data.group_by_length=true", "train.batch_size=4", "train.epochs=3",
               "train.token_mask_samples=0.5", "model.encoders.text.freeze_layers=1",
               "train.unfreeze_after_epochs=2"]
     whole = run([sys.executable, "-m", "pipeline.train", *common, f"output_dir={tmp_path / 'whole'}"])
