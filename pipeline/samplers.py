@@ -59,8 +59,8 @@ class LengthGroupedBatches(Sampler[list[int]]):
     a random order drawn from ``(seed, epoch)``. Every index of the epoch is read once, the
     number of batches is that of plain batching (one short batch at most), and each rank of
     DDP batches its own share, so the ranks keep the same number of steps. With random
-    indices a batch still holds a random draw of the data, only of similar lengths: on MELD
-    text with two turns of context this halves the padded tokens.
+    indices a batch still holds a random draw of the data, only of similar lengths: MiniLM
+    on MELD text with two turns of context trained 2.1x faster (README, Results).
     """
 
     def __init__(self, sampler: Sampler[int], lengths: Sequence[int], batch_size: int, shuffle: bool,
