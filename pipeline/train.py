@@ -91,8 +91,8 @@ def make_loader(dataset: Dataset, order: Sampler, cfg: Config, device: torch.dev
 
 
 def grouped(sampler: Sampler, dataset: MeldDataset, cfg: Config, shuffle: bool) -> Sampler:
-    """``sampler`` in batches of similar length when ``data.group_by_length`` is on (and the
-    dataset's samples differ in length), else ``sampler`` itself."""
+    """``sampler`` in batches of similar length when ``data.group_by_length`` is on and the
+    dataset reads text or audio (a padded modality), else ``sampler`` itself."""
     lengths = dataset.lengths() if cfg.data.group_by_length else None
     if lengths is None:
         return sampler
