@@ -165,7 +165,8 @@ def table(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
         f"MELD dev (1,109 utterances), emotion; all-MiniLM-L6-v2 fully fine-tuned on CPU "
         f"({Path(args.config).name}: {encoder['pooling']} pooling, \"Speaker: utterance\", batch "
         f"{cfg.train.batch_size}, encoder lr {cfg.train.encoder_lr:g}, head lr {cfg.train.lr:g}, "
-        f"warmup {cfg.train.warmup_ratio:g}, label smoothing {cfg.train.label_smoothing:g}); "
+        f"warmup {cfg.train.warmup_ratio:g}, label smoothing {cfg.train.label_smoothing:g}, "
+        f"weight EMA {cfg.train.ema_decay:g}); "
         f"max length {args.max_length} tokens, {args.context_max_length} with context. Each run: its best "
         "epoch on dev.",
         "",

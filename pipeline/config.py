@@ -186,6 +186,7 @@ class TrainConfig:
     token_mask_prob: float = 0.15  # share of tokens masked in an augmented sample
     token_mask_samples: float = 0.1  # share of samples that get token masking
     gradient_checkpointing: bool = False
+    ema_decay: float = 0.0  # 0 = off; e.g. 0.998: validate, checkpoint and infer with an EMA of the weights
     seed: int = 0
     resume: bool = False
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -211,6 +212,7 @@ class TrainConfig:
         require(not unknown, "task_weights", f"unknown tasks {unknown}")
         require(all(w >= 0 for w in self.task_weights.values()), "task_weights", "must be >= 0")
         require(self.early_stopping_patience >= 0, "early_stopping_patience", "must be >= 0")
+        require(0 <= self.ema_decay < 1, "ema_decay", f"must be in [0, 1) (0 = off), got {self.ema_decay}")
         require(self.unfreeze_after_epochs >= 0, "unfreeze_after_epochs", "must be >= 0")
         require(0 <= self.token_mask_prob <= 1, "token_mask_prob", "must be in [0, 1]")
         require(0 <= self.token_mask_samples <= 1, "token_mask_samples", "must be in [0, 1]")

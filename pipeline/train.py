@@ -30,7 +30,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -42,6 +42,7 @@ from tqdm import tqdm
 
 from encoders.weights import WeightsError
 from pipeline import distributed as dist
+from pipeline.averaging import WeightAverage
 from pipeline.cache import CacheMismatchError, CacheSplit, flatten
 from pipeline.config import Config, ConfigError, TrainConfig, dump_yaml, format_config, load_config, to_dict
 from pipeline.data import MeldDataset, collate, labels_of
@@ -206,14 +207,15 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, loss_fn: MultitaskLoss
                     optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
                     scaler: torch.amp.GradScaler, device: torch.device, cfg: TrainConfig, epoch: int,
                     dtype: torch.dtype | None = None, augment: TokenMasker | None = None,
-                    writer: Any = None) -> dict[str, Any]:
+                    writer: Any = None, average: WeightAverage | None = None) -> dict[str, Any]:
     """One pass over ``loader`` (at most ``cfg.max_steps_per_epoch`` batches).
 
     Gradients of ``cfg.accumulate`` batches make one optimizer step (DDP synchronises only
-    on the last of them); the scheduler steps with the optimizer. Returns this rank's mean
+    on the last of them); the scheduler (and ``average``) step with the optimizer. Returns this rank's mean
     loss, per-task losses, sample count, and the seconds spent in total and waiting for data.
     """
     model.train()
+    unwrapped = model.module if isinstance(model, DistributedDataParallel) else model
     steps = len(loader) if cfg.max_steps_per_epoch == 0 else min(len(loader), cfg.max_steps_per_epoch)
     sums: dict[str, torch.Tensor] = {}
     samples, data_wait = 0, 0.0
@@ -247,6 +249,8 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, loss_fn: MultitaskLoss
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
+            if average is not None:
+                average.update(unwrapped)
         samples += len(batch["ids"])
         for name, value in {"loss": loss.detach(), **parts}.items():
             sums[name] = sums.get(name, 0.0) + value
@@ -356,7 +360,21 @@ class Session:
     scaler: torch.amp.GradScaler
     dtype: torch.dtype | None
     augment: TokenMasker | None
+    average: WeightAverage | None
     steps_per_epoch: int
+
+    @contextlib.contextmanager
+    def evaluated_weights(self) -> Iterator[None]:
+        """Inside the block the model holds the weights that validation scores and checkpoints
+        save (the moving average with ``train.ema_decay``, else its own), with rank 0's
+        BatchNorm statistics on every rank."""
+        dist.broadcast_buffers(self.model)
+        if self.average is None:
+            yield
+            return
+        with self.average.applied(self.model):
+            dist.broadcast_buffers(self.model)
+            yield
 
 
 def prepare(cfg: Config, device: torch.device) -> Session:
@@ -404,24 +422,34 @@ def prepare(cfg: Config, device: torch.device) -> Session:
                    loss_fn=build_loss(cfg.train, emotion, sentiment, regression).to(device),
                    optimizer=optimizer, scheduler=scheduler,
                    scaler=torch.amp.GradScaler(device.type, enabled=dtype == torch.float16),
-                   dtype=dtype, augment=augment, steps_per_epoch=steps_per_epoch)
+                   dtype=dtype, augment=augment, steps_per_epoch=steps_per_epoch,
+                   average=WeightAverage(model, cfg.train.ema_decay) if cfg.train.ema_decay else None)
 
 
 def run_checkpoint(cfg: Config, run: Session, epoch: int, best: float, bad_epochs: int,
                     history: list[dict]) -> dict:
     """The checkpoint after ``epoch`` completed epochs (collective: gathers every rank's
-    random state, so every rank must call it)."""
-    return make_checkpoint(
+    random state, so every rank must call it). With ``train.ema_decay`` its ``model`` is the
+    moving average (what inference loads) and ``training_model`` the weights training goes on from."""
+    averaging = {} if run.average is None else {"training_model": run.model.state_dict(),
+                                                "average_updates": run.average.updates}
+    checkpoint = make_checkpoint(
         run.model, cfg, run.caches["train"].preprocess,
         optimizer=run.optimizer.state_dict(), scheduler=run.scheduler.state_dict(),
         scaler=run.scaler.state_dict() if run.scaler.is_enabled() else None,
         epoch=epoch, best_metric=best, bad_epochs=bad_epochs, sampler_epoch=epoch,
-        rng=dist.all_gather_objects(rng_state()), metrics=history)
+        rng=dist.all_gather_objects(rng_state()), metrics=history, **averaging)
+    if run.average is not None:
+        checkpoint["model"] = dict(run.average.average)
+    return checkpoint
 
 
 def restore(run: Session, ckpt: Mapping[str, Any]) -> None:
-    """Load model, optimizer, schedule, scaler and this rank's random state from ``ckpt``."""
-    run.model.load_state_dict(ckpt["model"])
+    """Load model, moving average, optimizer, schedule, scaler and this rank's random state
+    from ``ckpt``."""
+    run.model.load_state_dict(ckpt.get("training_model", ckpt["model"]))
+    if run.average is not None:
+        run.average.load(ckpt["model"], ckpt.get("average_updates", 0))
     run.optimizer.load_state_dict(ckpt["optimizer"])
     run.scheduler.load_state_dict(ckpt["scheduler"])
     if ckpt["scaler"] is not None:
@@ -490,9 +518,9 @@ def train(cfg: Config, device: torch.device) -> dict:
             log.info("epoch %d: text encoder fully trainable", epoch + 1)
         run.train_sampler.set_epoch(epoch)
         stats = train_one_epoch(ddp_model, run.loaders["train"], run.loss_fn, run.optimizer, run.scheduler,
-                                run.scaler, device, cfg.train, epoch, run.dtype, run.augment, writer)
-        dist.broadcast_buffers(model)
-        val, _ = evaluate(model, run.loaders["val"], run.loss_fn, device, run.dtype)
+                                run.scaler, device, cfg.train, epoch, run.dtype, run.augment, writer, run.average)
+        with run.evaluated_weights():
+            val, _ = evaluate(model, run.loaders["val"], run.loss_fn, device, run.dtype)
         score = monitored(val)
         improved = score > best
         best, bad_epochs = (score, 0) if improved else (best, bad_epochs + 1)

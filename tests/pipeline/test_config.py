@@ -101,6 +101,7 @@ def test_wrong_types_are_errors(override, key):
     ("train.lr=-0.1", "train.lr"),
     ("preprocess.video.num_frames=0", "preprocess.video.num_frames"),
     ("train.batch_size=0", "train.batch_size"),
+    ("train.ema_decay=1", "train.ema_decay"),
     ("preprocess.modalities=[text,smell]", "preprocess.modalities"),
     ("model.modalities=[video]", "model.modalities"),
 ])

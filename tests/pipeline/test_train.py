@@ -220,6 +220,37 @@ def test_early_stopping_and_validation_without_test_split(tiny_meld_cache, tmp_p
     assert len(again["epochs"]) == 2
 
 
+def dev_metrics_of_best(out: Path) -> dict:
+    """The dev metrics of ``out``/best.pt, evaluated afresh in this process."""
+    cfg = load_config(out / "config.yaml")
+    model = MultimodalModel.from_checkpoint(out / "best.pt")
+    train_set, dev = (MeldDataset(Path(cfg.data.cache_dir) / split, cfg.model.modalities) for split in ("train", "dev"))
+    loss_fn = build_loss(cfg.train, *split_labels(train_set))
+    metrics, _ = evaluate(model, DataLoader(dev, batch_size=4, collate_fn=collate), loss_fn, torch.device("cpu"))
+    return metrics
+
+
+@pytest.mark.slow
+def test_ema_scores_and_saves_the_average_without_changing_training(tiny_meld_cache, tmp_path):
+    """train.ema_decay: validation, best.pt and so inference use the moving average, while the
+    weights training goes on from are exactly those of the same run without it."""
+    common = [*tiny_meld_cache["overrides"], *QUICK, "train.epochs=2", "train.max_steps_per_epoch=3",
+              "data.test_split="]
+    plain = main([*common, f"output_dir={tmp_path / 'plain'}"])
+    averaged = main([*common, f"output_dir={tmp_path / 'ema'}", "train.ema_decay=0.5"])
+    assert [row["train_loss"] for row in averaged["epochs"]] == [row["train_loss"] for row in plain["epochs"]]
+    last_plain, last_ema = (load_checkpoint(tmp_path / name / "last.pt") for name in ("plain", "ema"))
+    assert "training_model" not in last_plain and last_ema["average_updates"] == 6
+    for name, value in last_plain["model"].items():
+        assert torch.equal(last_ema["training_model"][name], value), name
+    assert any(not torch.equal(last_ema["model"][name], value)
+               for name, value in last_plain["model"].items() if value.is_floating_point())
+    val = averaged["epochs"][averaged["best_epoch"] - 1]["val"]
+    metrics = dev_metrics_of_best(tmp_path / "ema")
+    assert val["emotion"]["confusion_matrix"] == metrics["emotion"]["confusion_matrix"]
+    assert val["loss"] == pytest.approx(metrics["loss"], rel=1e-5)
+
+
 def test_bad_config_exits_before_any_work(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([f"output_dir={tmp_path / 'run'}", "train.lr=-1"])
@@ -343,20 +374,18 @@ def test_ddp_two_ranks_match_one_process(tiny_meld_cache, tmp_path):
 
 
 @pytest.mark.slow
-def test_ddp_validation_metrics_are_those_of_the_saved_model(tiny_meld_cache, tmp_path):
+@pytest.mark.parametrize("ema_decay", [0.0, 0.5], ids=["own weights", "moving average"])
+def test_ddp_validation_metrics_are_those_of_the_saved_model(tiny_meld_cache, tmp_path, ema_decay):
     """With BatchNorm (ResNet) each rank's running statistics drift apart; the validation
-    metrics of a DDP run must still be those of best.pt evaluated by one process."""
+    metrics of a DDP run must still be those of best.pt evaluated by one process, with or
+    without a moving average of the weights."""
     out = tmp_path / "run"
     ddp = run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                "-m", "pipeline.train", *tiny_meld_cache["overrides"], *QUICK, f"output_dir={out}",
-               "train.batch_size=2", "train.epochs=1", "train.max_steps_per_epoch=3", "data.test_split="])
+               "train.batch_size=2", "train.epochs=1", "train.max_steps_per_epoch=3", "data.test_split=",
+               f"train.ema_decay={ema_decay}"])
     assert ddp.returncode == 0, ddp.stderr[-3000:]
-    cfg = load_config(out / "config.yaml")
-    model = MultimodalModel.from_checkpoint(out / "best.pt")
-    train_set, dev = (MeldDataset(Path(cfg.data.cache_dir) / split, cfg.model.modalities) for split in ("train", "dev"))
-    loss_fn = build_loss(cfg.train, *split_labels(train_set))
-    loader = DataLoader(dev, batch_size=4, collate_fn=collate)
-    metrics, _ = evaluate(model, loader, loss_fn, torch.device("cpu"))
+    metrics = dev_metrics_of_best(out)
     val = metrics_of(out)["epochs"][0]["val"]
     assert val["emotion"]["confusion_matrix"] == metrics["emotion"]["confusion_matrix"]
     assert val["loss"] == pytest.approx(metrics["loss"], rel=1e-5)
@@ -365,11 +394,11 @@ def test_ddp_validation_metrics_are_those_of_the_saved_model(tiny_meld_cache, tm
 @pytest.mark.slow
 def test_resume_after_kill_matches_uninterrupted_run(tiny_meld_cache, tmp_path):
     """SIGKILL in the middle of epoch 2 of 3, then train.resume=true: the same metrics and
-    weights as a run never interrupted (dropout, token masking, workers and length-grouped
-    batches included)."""
-    common = [*tiny_meld_cache["overrides"], "data.num_workers=1", "data.group_by_length=true", "train.batch_size=4", "train.epochs=3",
-              "train.token_mask_samples=0.5", "model.encoders.text.freeze_layers=1",
-              "train.unfreeze_after_epochs=2"]
+    weights as a run never interrupted (dropout, token masking, workers, length-grouped
+    batches and the moving average of the weights included)."""
+    common = [*tiny_meld_cache["overrides"], "data.num_workers=1", "data.group_by_length=true", "train.batch_size=4",
+              "train.epochs=3", "train.token_mask_samples=0.5", "model.encoders.text.freeze_layers=1",
+              "train.unfreeze_after_epochs=2", "train.ema_decay=0.8"]
     whole = run([sys.executable, "-m", "pipeline.train", *common, f"output_dir={tmp_path / 'whole'}"])
     assert whole.returncode == 0, whole.stderr[-3000:]
     killed = run([sys.executable, str(HARNESS), "--kill-at", "1:2", "--", *common,
@@ -383,6 +412,6 @@ def test_resume_after_kill_matches_uninterrupted_run(tiny_meld_cache, tmp_path):
 
     expected, got = without_timings(metrics_of(tmp_path / "whole")), without_timings(metrics_of(tmp_path / "resumed"))
     assert got == expected
-    weights_whole = load_checkpoint(tmp_path / "whole" / "last.pt")["model"]
-    weights_resumed = load_checkpoint(tmp_path / "resumed" / "last.pt")["model"]
-    assert all(torch.equal(weights_resumed[name], tensor) for name, tensor in weights_whole.items())
+    last_whole, last_resumed = (load_checkpoint(tmp_path / name / "last.pt") for name in ("whole", "resumed"))
+    for key in ("model", "training_model"):  # the average, and the weights it averages
+        assert all(torch.equal(last_resumed[key][name], tensor) for name, tensor in last_whole[key].items()), key
