@@ -186,7 +186,7 @@ class TrainConfig:
     token_mask_prob: float = 0.15  # share of tokens masked in an augmented sample
     token_mask_samples: float = 0.1  # share of samples that get token masking
     gradient_checkpointing: bool = False
-    ema_decay: float = 0.0  # 0 = off; e.g. 0.998: validate, checkpoint and infer with an EMA of the weights
+    ema_decay: float = 0.0  # 0 = off; e.g. 0.995: validate, checkpoint and infer with an EMA of the weights
     seed: int = 0
     resume: bool = False
     device: str = "auto"  # auto | cpu | cuda | cuda:N

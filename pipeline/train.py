@@ -211,8 +211,9 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, loss_fn: MultitaskLoss
     """One pass over ``loader`` (at most ``cfg.max_steps_per_epoch`` batches).
 
     Gradients of ``cfg.accumulate`` batches make one optimizer step (DDP synchronises only
-    on the last of them); the scheduler (and ``average``) step with the optimizer. Returns this rank's mean
-    loss, per-task losses, sample count, and the seconds spent in total and waiting for data.
+    on the last of them); the scheduler and ``average`` (if any) step with the optimizer.
+    Returns this rank's mean loss, per-task losses, sample count, and the seconds spent in
+    total and waiting for data.
     """
     model.train()
     unwrapped = model.module if isinstance(model, DistributedDataParallel) else model
