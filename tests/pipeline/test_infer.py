@@ -11,6 +11,7 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +32,7 @@ ATOL = 1e-5  # inference against evaluation: only float rounding may differ (bat
 
 
 @pytest.fixture(scope="module")
-def trained(tiny_meld_cache, tmp_path_factory) -> dict:
+def trained(tiny_meld_cache, tmp_path_factory) -> Iterator[dict]:
     """best.pt of a short pipeline.train run (MoE head, so rows have gates) on the tiny cache,
     the generated MELD folder, and the probabilities evaluation gives each cached test clip."""
     run_dir = tmp_path_factory.mktemp("run")
@@ -40,8 +41,9 @@ def trained(tiny_meld_cache, tmp_path_factory) -> dict:
                 "train.device=cpu"])
     cache_dir = Path(tiny_meld_cache["cache_dir"])
     checkpoint = run_dir / "best.pt"
-    return {"checkpoint": checkpoint, "meld": cache_dir.parent / "MELD.Raw", "test_cache": cache_dir / "test",
-            "expected": evaluate_cache(checkpoint, cache_dir / "test")}
+    yield {"checkpoint": checkpoint, "meld": cache_dir.parent / "MELD.Raw", "test_cache": cache_dir / "test",
+           "expected": evaluate_cache(checkpoint, cache_dir / "test")}
+    shutil.rmtree(run_dir)  # its checkpoints take about 300 MB
 
 
 def evaluate_cache(checkpoint: Path, split_dir: Path) -> dict[str, dict[str, np.ndarray]]:

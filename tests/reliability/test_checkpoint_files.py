@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -89,7 +90,7 @@ BAD = {  # what was done to best.pt -> what the message says
 
 
 @pytest.fixture(scope="module")
-def bad_checkpoints(trained_run, tmp_path_factory) -> dict[str, Path]:
+def bad_checkpoints(trained_run, tmp_path_factory) -> Iterator[dict[str, Path]]:
     """``{kind: path}`` of each BAD file, made from the run's best.pt, each in its own folder."""
     folder = tmp_path_factory.mktemp("bad")
     shutil.copy(trained_run["out"] / "best.pt", folder / "good.pt")
@@ -100,7 +101,8 @@ def bad_checkpoints(trained_run, tmp_path_factory) -> dict[str, Path]:
         paths[kind].parent.mkdir()
         paths[kind].write_bytes(make(good, folder))
     assert not (folder / "code ran").exists()  # saving the payload does not run it
-    return paths
+    yield paths
+    shutil.rmtree(folder)  # about 900 MB of checkpoints
 
 
 # A checkpoint of another version given to inference: tests/pipeline/test_infer.py.
