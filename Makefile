@@ -1,18 +1,21 @@
 # Two commands do all set-up on a fresh machine:
 #   make demo   installs everything, generates sample data, preprocesses, trains, infers
 #   make test   installs everything and runs the test suite
-PYTHON ?= python3
+# Everything is installed into and run with the project venv .venv/ (made with the machine's
+# python3); PYTHON=/path/to/python uses that interpreter instead (e.g. a conda env).
 DEMO_DIR ?= demo
 export HF_HUB_OFFLINE = 1
 export TRANSFORMERS_OFFLINE = 1
+# scripts/install.sh prints the interpreter it installed into on its last line.
+INSTALLED_PYTHON = $$(bash scripts/install.sh | tail -n 1)
 
 .PHONY: install demo test
 
 install:
-	bash scripts/install.sh
+	@bash scripts/install.sh >/dev/null
 
-demo: install
-	bash scripts/demo.sh $(DEMO_DIR)
+demo:
+	@py=$(INSTALLED_PYTHON) && PYTHON="$$py" bash scripts/demo.sh $(DEMO_DIR)
 
-test: install
-	$(PYTHON) -m pytest -q tests
+test:
+	@py=$(INSTALLED_PYTHON) && "$$py" -m pytest -q tests

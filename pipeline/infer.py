@@ -61,11 +61,11 @@ from pipeline import meld
 from pipeline.config import ConfigError, PreprocessConfig, config_from_dict, from_dict
 from pipeline.data import collate, labels_of, make_item
 from pipeline.distributed import pick_device
+from pipeline.execution import amp_dtype, autocast, to_device
 from pipeline.features import Utterance, extract_features, single_threaded_process
 from pipeline.media import ClipError
 from pipeline.metrics import classification_metrics
 from pipeline.model import CheckpointError, MultimodalModel, load_checkpoint
-from pipeline.train import amp_dtype, autocast, to_device
 
 logger = logging.getLogger(__name__)
 

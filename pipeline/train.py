@@ -25,12 +25,11 @@ import contextlib
 import json
 import logging
 import math
-import random
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -43,13 +42,16 @@ from tqdm import tqdm
 from encoders.weights import WeightsError
 from pipeline import distributed as dist
 from pipeline.averaging import WeightAverage
-from pipeline.cache import CacheMismatchError, CacheSplit, flatten
+from pipeline.cache import CacheMismatchError, CacheSplit
+from pipeline.checkpoint import config_changes, inference_checkpoint, restore, run_checkpoint
 from pipeline.config import Config, ConfigError, TrainConfig, dump_yaml, format_config, load_config, to_dict
 from pipeline.data import MeldDataset, collate, labels_of
+from pipeline.execution import amp_dtype, autocast, to_device
 from pipeline.labels import EMOTIONS, SENTIMENTS
 from pipeline.losses import MultitaskLoss, build_loss
 from pipeline.metrics import compute_metrics, format_report, plot_confusion_matrix, plot_curves
-from pipeline.model import CheckpointError, MultimodalModel, build_model, load_checkpoint, make_checkpoint
+from pipeline.model import CheckpointError, MultimodalModel, build_model, load_checkpoint
+from pipeline.optim import param_groups, warmup_cosine
 from pipeline.samplers import ClassBalancedSampler, LengthGroupedBatches
 
 log = logging.getLogger(__name__)
@@ -100,15 +102,6 @@ def grouped(sampler: Sampler, dataset: MeldDataset, cfg: Config, shuffle: bool) 
     return LengthGroupedBatches(sampler, lengths, cfg.train.batch_size, shuffle, cfg.train.seed)
 
 
-def to_device(batch: Any, device: torch.device) -> Any:
-    """Move every tensor of a (nested) batch to ``device``."""
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, Mapping):
-        return {key: to_device(value, device) for key, value in batch.items()}
-    return batch
-
-
 class TokenMasker:
     """Text augmentation: in ``sample_share`` of the samples, replace ``token_share`` of the
     real (non-special, non-padding) tokens with the tokenizer's mask token."""
@@ -132,46 +125,7 @@ class TokenMasker:
         return {**text, "input_ids": input_ids.masked_fill(masked, self.mask_id)}
 
 
-# --------------------------------------------------------------------------- optimisation
-def param_groups(model: MultimodalModel, cfg: TrainConfig) -> list[dict]:
-    """AdamW groups: pretrained encoders at ``encoder_lr``, everything else at ``lr``; no weight
-    decay on biases and normalisation weights (the 1-D parameters)."""
-    groups = []
-    for params, lr in ((model.pretrained_parameters(), cfg.encoder_lr), (model.scratch_parameters(), cfg.lr)):
-        for decay in (True, False):
-            chosen = [p for p in params if (p.ndim > 1) == decay]
-            if chosen:
-                groups.append({"params": chosen, "lr": lr, "weight_decay": cfg.weight_decay if decay else 0.0})
-    return groups
-
-
-def warmup_cosine(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
-    """LR factor per optimizer step: linear warmup to 1, then cosine decay towards 0."""
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / (warmup_steps + 1)
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
-    return factor
-
-
-def amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype: ``auto`` is bf16 on GPUs that support it, else fp16, and off on the CPU."""
-    if setting == "off" or (setting == "auto" and device.type != "cuda"):
-        return None
-    if setting == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if setting == "fp16" and device.type != "cuda":
-        raise ConfigError("train.amp: fp16 needs a CUDA device; use bf16 or off on the CPU")
-    return torch.bfloat16 if setting == "bf16" else torch.float16
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
+# --------------------------------------------------------------------------- DDP
 def wrap_ddp(model: nn.Module, device: torch.device) -> nn.Module:
     """DDP around ``model`` under torchrun (again after unfreezing: DDP registers only the
     parameters that require gradients when it is built)."""
@@ -179,27 +133,6 @@ def wrap_ddp(model: nn.Module, device: torch.device) -> nn.Module:
         return model
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
                                    gradient_as_bucket_view=True)
-
-
-# --------------------------------------------------------------------------- random state
-def rng_state() -> dict[str, Any]:
-    """This process's random states as tensors and lists (loadable with weights_only=True)."""
-    _, keys, pos, has_gauss, cached = np.random.get_state()
-    version, python_state, gauss = random.getstate()
-    return {"torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "numpy": [torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
-            "python": [version, list(python_state), gauss]}
-
-
-def set_rng_state(state: Mapping[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state(("MT19937", keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    version, python_state, gauss = state["python"]
-    random.setstate((version, tuple(python_state), gauss))
 
 
 # --------------------------------------------------------------------------- loops
@@ -427,48 +360,6 @@ def prepare(cfg: Config, device: torch.device) -> Session:
                    average=WeightAverage(model, cfg.train.ema_decay) if cfg.train.ema_decay else None)
 
 
-def run_checkpoint(cfg: Config, run: Session, epoch: int, best: float, bad_epochs: int,
-                    history: list[dict]) -> dict:
-    """The checkpoint after ``epoch`` completed epochs (collective: gathers every rank's
-    random state, so every rank must call it). With ``train.ema_decay`` its ``model`` is the
-    moving average (what inference loads) and ``training_model`` the weights training goes on from."""
-    averaging = {} if run.average is None else {"training_model": run.model.state_dict(),
-                                                "average_updates": run.average.updates}
-    checkpoint = make_checkpoint(
-        run.model, cfg, run.caches["train"].preprocess,
-        optimizer=run.optimizer.state_dict(), scheduler=run.scheduler.state_dict(),
-        scaler=run.scaler.state_dict() if run.scaler.is_enabled() else None,
-        epoch=epoch, best_metric=best, bad_epochs=bad_epochs, sampler_epoch=epoch,
-        rng=dist.all_gather_objects(rng_state()), metrics=history, **averaging)
-    if run.average is not None:
-        checkpoint["model"] = dict(run.average.average)
-    return checkpoint
-
-
-def restore(run: Session, ckpt: Mapping[str, Any]) -> None:
-    """Load model, moving average, optimizer, schedule, scaler and this rank's random state
-    from ``ckpt``."""
-    run.model.load_state_dict(ckpt.get("training_model", ckpt["model"]))
-    if run.average is not None:
-        run.average.load(ckpt["model"], ckpt.get("average_updates", 0))
-    run.optimizer.load_state_dict(ckpt["optimizer"])
-    run.scheduler.load_state_dict(ckpt["scheduler"])
-    if ckpt["scaler"] is not None:
-        run.scaler.load_state_dict(ckpt["scaler"])
-    if len(ckpt["rng"]) == dist.get_world_size():
-        set_rng_state(ckpt["rng"][dist.get_rank()])
-    else:
-        log.warning("the checkpoint was written by %d ranks, this job has %d: random states start afresh",
-                    len(ckpt["rng"]), dist.get_world_size())
-
-
-def config_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
-    """``key: old -> new`` for each dotted key that differs, except ``train.resume``."""
-    before, after = flatten(old), flatten(new)
-    return [f"{key}: {before.get(key)!r} -> {after.get(key)!r}" for key in sorted(set(before) | set(after))
-            if key != "train.resume" and before.get(key) != after.get(key)]
-
-
 def train(cfg: Config, device: torch.device) -> dict:
     """Train with the resolved ``cfg`` on ``device`` (inside an initialised process group
     under torchrun); returns the content of metrics.json."""
@@ -533,7 +424,7 @@ def train(cfg: Config, device: torch.device) -> dict:
             "data_wait_share": stats["data_wait"] / max(stats["seconds"], 1e-9), "val": val})
         checkpoint = run_checkpoint(cfg, run, epoch + 1, best, bad_epochs, history)
         if improved:  # best.pt before last.pt: a kill in between reruns this epoch, rewriting both
-            dist.save_on_main(checkpoint, best_path)
+            dist.save_on_main(inference_checkpoint(checkpoint), best_path)
         dist.save_on_main(checkpoint, last_path)
         row = history[-1]
         log.info("epoch %d/%d: train loss %.4f, val loss %.4f, val emotion weighted F1 %.4f%s "

@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DIR=${1:-demo}
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
-PYTHON=${PYTHON:-python3}
+source scripts/python.sh
 
 "$PYTHON" -m pipeline.sample "$DIR/MELD.Raw" --clips-per-class 24 --seed 0 --workers 2 --overwrite
 bash scripts/preprocess_meld.sh "$DIR/MELD.Raw" "$DIR/cache" --workers 2 --config configs/demo.yaml

@@ -1,13 +1,50 @@
 #!/usr/bin/env bash
-# Installs everything the project needs on a fresh Debian machine (run as root or with sudo):
+# Installs everything the project needs on a fresh Debian/Ubuntu machine (run as root or with sudo):
 # Debian's ffmpeg and espeak-ng, then this package with its pinned Python dependencies.
+#
+# By default the Python packages go into a project virtual environment, .venv/ at the repository
+# root, made with the machine's python3: Debian 12 and Ubuntu 23.04+ refuse pip installs into
+# their own interpreter (PEP 668). PYTHON=/path/to/python installs into that interpreter instead
+# (a conda env, an existing venv). A second run skips pip when setup.cfg and pyproject.toml are
+# unchanged. The last line printed is the interpreter to run the project with.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SUDO=""
 if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null; then SUDO=sudo; fi
+APT_UPDATED=""
+apt_install() {
+    [ -n "$APT_UPDATED" ] || { $SUDO apt-get update -q >&2; APT_UPDATED=1; }
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q "$@" >&2
+}
 if ! command -v ffmpeg >/dev/null || ! command -v ffprobe >/dev/null || ! command -v espeak-ng >/dev/null; then
-    $SUDO apt-get update -q
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q ffmpeg espeak-ng
+    apt_install ffmpeg espeak-ng
 fi
-PYTHON=${PYTHON:-python3}
-"$PYTHON" -m pip install -q -e ".[dev]"
+
+if [ -n "${PYTHON:-}" ]; then
+    PY=$PYTHON
+    STAMP=""
+else
+    BASE=${BASE_PYTHON:-python3}
+    VENV=.venv
+    # A venv is usable once its pip runs (a run killed while making it leaves one that is not).
+    if ! "$VENV/bin/python" -m pip --version >/dev/null 2>&1; then
+        # Debian splits venv's pip bootstrap into python3-venv (python3.X-venv).
+        if ! "$BASE" -c "import ensurepip, venv" 2>/dev/null; then
+            version=$("$BASE" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
+            apt_install python3-venv "python${version}-venv" || apt_install python3-venv
+        fi
+        rm -rf "$VENV"
+        "$BASE" -m venv "$VENV"
+    fi
+    PY=$VENV/bin/python
+    STAMP=$VENV/.installed
+fi
+
+want=$(cat setup.cfg pyproject.toml | sha256sum | cut -d' ' -f1)
+if [ -n "$STAMP" ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ]; then
+    echo "Python packages are up to date in $(dirname "$PY")/.. (setup.cfg unchanged)" >&2
+else
+    "$PY" -m pip install -q -e ".[dev]" >&2
+    if [ -n "$STAMP" ]; then echo "$want" > "$STAMP"; fi
+fi
+echo "$PY"

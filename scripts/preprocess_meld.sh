@@ -24,4 +24,5 @@ if [[ $# -eq 0 ]]; then
     usage
     exit 2
 fi
-exec python -m pipeline.preprocess "$@"
+source "$(dirname "$0")/python.sh"
+exec "$PYTHON" -m pipeline.preprocess "$@"

@@ -41,7 +41,8 @@ def trained(tiny_meld_cache, tmp_path_factory) -> Iterator[dict]:
                 "train.device=cpu"])
     cache_dir = Path(tiny_meld_cache["cache_dir"])
     checkpoint = run_dir / "best.pt"
-    yield {"checkpoint": checkpoint, "meld": cache_dir.parent / "MELD.Raw", "test_cache": cache_dir / "test",
+    yield {"checkpoint": checkpoint, "last": run_dir / "last.pt", "meld": cache_dir.parent / "MELD.Raw",
+           "test_cache": cache_dir / "test",
            "expected": evaluate_cache(checkpoint, cache_dir / "test")}
     shutil.rmtree(run_dir)  # its checkpoints take about 300 MB
 
@@ -110,6 +111,30 @@ def test_predictions_equal_evaluation_through_the_training_cache(trained, tmp_pa
             assert row["modalities"] == ["audio", "video"]
     report = capsys.readouterr().out
     assert "emotion: accuracy" in report and "weighted F1" in report and f"(n={len(expected)})" in report
+
+
+def test_best_pt_is_lean_and_predicts_like_the_full_checkpoint(trained, tmp_path):
+    """best.pt keeps what scoring needs and no resume state; after one epoch it holds the same
+    weights as last.pt (the full training state, as older best.pt files were), so inference
+    from either gives the same rows, and the older, full format still loads."""
+    best = torch.load(trained["checkpoint"], map_location="cpu", weights_only=True)
+    last = torch.load(trained["last"], map_location="cpu", weights_only=True)
+    assert {"optimizer", "scheduler", "scaler", "rng"} <= set(last)
+    assert not {"optimizer", "scheduler", "scaler", "rng", "training_model"} & set(best)
+    assert {"model", "config", "preprocess", "labels", "metrics", "epoch", "best_metric"} <= set(best)
+    assert best["epoch"] == last["epoch"] == 1
+    assert trained["checkpoint"].stat().st_size < 0.55 * trained["last"].stat().st_size
+    clips = sorted((trained["meld"] / CLIP_DIRS["test"]).glob("*.mp4"))[:3]
+    listing = tmp_path / "clips.txt"
+    listing.write_text("".join(f"{clip}\n" for clip in clips), encoding="utf-8")
+    rows = {}
+    for name in ("checkpoint", "last"):
+        out = tmp_path / f"{name}.jsonl"
+        assert run_infer("--checkpoint", trained[name], "--clips", listing, "--transcripts",
+                         trained["meld"] / CSV_NAMES["test"], "--out", out, "--workers", 0, "--device", "cpu") == 0
+        rows[name] = read_jsonl(out)
+    assert len(rows["checkpoint"]) == 3 and all(row["status"] == "ok" for row in rows["checkpoint"])
+    assert rows["checkpoint"] == rows["last"]
 
 
 @pytest.fixture(scope="module")

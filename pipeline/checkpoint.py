@@ -1,0 +1,97 @@
+"""Checkpoints of a training run: the random state of every rank, the resume state of
+``last.pt`` and the lean ``best.pt`` that inference and evaluation read.
+
+``last.pt`` holds everything an exact resume needs (optimizer, schedule, scaler, every rank's
+random state, the training weights under a moving average). ``best.pt`` holds what scoring
+needs: the weights it scores with, config, preprocessing, labels, metrics and epoch.
+"""
+from __future__ import annotations
+
+import logging
+import random
+from typing import TYPE_CHECKING, Any, Mapping
+
+import numpy as np
+import torch
+
+from pipeline import distributed as dist
+from pipeline.cache import flatten
+from pipeline.config import Config
+from pipeline.model import make_checkpoint
+
+if TYPE_CHECKING:
+    from pipeline.train import Session
+
+log = logging.getLogger(__name__)
+
+# Keys of a run checkpoint that only resuming reads; best.pt goes without them.
+RESUME_KEYS = ("optimizer", "scheduler", "scaler", "rng", "training_model", "average_updates", "bad_epochs",
+               "sampler_epoch")
+
+
+def rng_state() -> dict[str, Any]:
+    """This process's random states as tensors and lists (loadable with weights_only=True)."""
+    _, keys, pos, has_gauss, cached = np.random.get_state()
+    version, python_state, gauss = random.getstate()
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": [torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
+            "python": [version, list(python_state), gauss]}
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    """Restore the random states that :func:`rng_state` returned."""
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state(("MT19937", keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    version, python_state, gauss = state["python"]
+    random.setstate((version, tuple(python_state), gauss))
+
+
+def run_checkpoint(cfg: Config, run: Session, epoch: int, best: float, bad_epochs: int,
+                    history: list[dict]) -> dict:
+    """The checkpoint after ``epoch`` completed epochs (collective: gathers every rank's
+    random state, so every rank must call it). With ``train.ema_decay`` its ``model`` is the
+    moving average (what inference loads) and ``training_model`` the weights training goes on from."""
+    averaging = {} if run.average is None else {"training_model": run.model.state_dict(),
+                                                "average_updates": run.average.updates}
+    checkpoint = make_checkpoint(
+        run.model, cfg, run.caches["train"].preprocess,
+        optimizer=run.optimizer.state_dict(), scheduler=run.scheduler.state_dict(),
+        scaler=run.scaler.state_dict() if run.scaler.is_enabled() else None,
+        epoch=epoch, best_metric=best, bad_epochs=bad_epochs, sampler_epoch=epoch,
+        rng=dist.all_gather_objects(rng_state()), metrics=history, **averaging)
+    if run.average is not None:
+        checkpoint["model"] = dict(run.average.average)
+    return checkpoint
+
+
+def restore(run: Session, ckpt: Mapping[str, Any]) -> None:
+    """Load model, moving average, optimizer, schedule, scaler and this rank's random state
+    from ``ckpt``."""
+    run.model.load_state_dict(ckpt.get("training_model", ckpt["model"]))
+    if run.average is not None:
+        run.average.load(ckpt["model"], ckpt.get("average_updates", 0))
+    run.optimizer.load_state_dict(ckpt["optimizer"])
+    run.scheduler.load_state_dict(ckpt["scheduler"])
+    if ckpt["scaler"] is not None:
+        run.scaler.load_state_dict(ckpt["scaler"])
+    if len(ckpt["rng"]) == dist.get_world_size():
+        set_rng_state(ckpt["rng"][dist.get_rank()])
+    else:
+        log.warning("the checkpoint was written by %d ranks, this job has %d: random states start afresh",
+                    len(ckpt["rng"]), dist.get_world_size())
+
+
+def config_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """``key: old -> new`` for each dotted key that differs, except ``train.resume``."""
+    before, after = flatten(old), flatten(new)
+    return [f"{key}: {before.get(key)!r} -> {after.get(key)!r}" for key in sorted(set(before) | set(after))
+            if key != "train.resume" and before.get(key) != after.get(key)]
+
+
+def inference_checkpoint(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
+    """``checkpoint`` without the resume state: what ``best.pt`` keeps."""
+    return {key: value for key, value in checkpoint.items() if key not in RESUME_KEYS}
