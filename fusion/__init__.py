@@ -1,7 +1,8 @@
-"""Fusion modules (concat, attention) and output heads (classification, regression, gated, moe).
+"""Fusion modules (concat, attention), output heads (classification, regression, gated, moe)
+and dialogue contexts over a dialogue's utterance vectors (none, gru, transformer).
 
-A leaf package: it never imports ``pipeline`` or ``encoders``. ``FUSIONS`` and ``HEADS`` map
-a config ``type:`` to a class with a ``Config`` dataclass.
+A leaf package: it never imports ``pipeline`` or ``encoders``. ``FUSIONS``, ``HEADS`` and
+``CONTEXTS`` map a config ``type:`` to a class with a ``Config`` dataclass.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from torch import nn
 
 FUSIONS: dict[str, type[nn.Module]] = {}
 HEADS: dict[str, type[nn.Module]] = {}
+CONTEXTS: dict[str, type[nn.Module]] = {}
 
 
 def register(registry: dict[str, type], name: str) -> Callable[[type], type]:
@@ -45,4 +47,10 @@ def build_head(section: Mapping[str, Any], in_dim: int, outputs: Mapping[str, in
     return cls(in_dim, dict(outputs), cfg)
 
 
-from fusion import attention, concat, heads  # noqa: E402,F401  (registers the modules)
+def build_context(section: Mapping[str, Any], dim: int) -> nn.Module:
+    """Dialogue context over a dialogue's fused utterance vectors of width ``dim`` (fusion/dialogue.py)."""
+    cls, cfg = _split(section, CONTEXTS)
+    return cls(dim, cfg)
+
+
+from fusion import attention, concat, dialogue, heads  # noqa: E402,F401  (registers the modules)

@@ -130,6 +130,7 @@ class DataConfig:
     num_workers: int = 2
     balanced_sampler: bool = False  # class-balanced sampling of the training split (DDP-aware)
     group_by_length: bool = False  # batches of similar text (or audio) length: less padding, faster
+    embeddings_dir: str = ""  # train fusion + head (+ dialogue model) on vectors from pipeline.embed
 
     def __post_init__(self) -> None:
         require(self.num_workers >= 0, "num_workers", f"must be >= 0, got {self.num_workers}")
@@ -151,6 +152,9 @@ class ModelConfig:
         "video": {"type": "resnet"},
     })
     fusion: dict = field(default_factory=lambda: {"type": "attention"})
+    # over the fused utterance vectors of one dialogue (none | gru | transformer); not none =
+    # batches are whole dialogues
+    context: dict = field(default_factory=lambda: {"type": "none"})
     head: dict = field(default_factory=lambda: {"type": "classification"})
 
     def __post_init__(self) -> None:
@@ -166,6 +170,9 @@ class TrainConfig:
     max_steps_per_epoch: int = 0  # 0 = the whole split; >0 caps an epoch (smoke runs, benchmarks)
     lr: float = 1e-3  # fusion and heads
     encoder_lr: float = 5e-5  # pretrained encoders (text); scratch encoders use ``lr``
+    # < 1: each layer of a Hugging Face encoder below the top gets the rate of the layer above
+    # times this (embeddings lowest); 1.0 = every encoder layer at encoder_lr
+    layer_lr_decay: float = 1.0
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
     grad_clip: float = 1.0
@@ -199,6 +206,7 @@ class TrainConfig:
         require(self.max_steps_per_epoch >= 0, "max_steps_per_epoch", "must be >= 0")
         require(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
         require(self.encoder_lr > 0, "encoder_lr", f"must be > 0, got {self.encoder_lr}")
+        require(0 < self.layer_lr_decay <= 1, "layer_lr_decay", f"must be in (0, 1], got {self.layer_lr_decay}")
         require(self.weight_decay >= 0, "weight_decay", "must be >= 0")
         require(0 <= self.warmup_ratio < 1, "warmup_ratio", "must be in [0, 1)")
         require(self.grad_clip >= 0, "grad_clip", "must be >= 0 (0 = off)")
@@ -398,11 +406,26 @@ def resolve_components(cfg: Config) -> Config:
         resolved[name] = _resolve_component(encoders.ENCODERS, section, f"model.encoders.{name}")
     model.encoders = resolved
     model.fusion = _resolve_component(fusion.FUSIONS, model.fusion, "model.fusion")
+    model.context = _resolve_component(fusion.CONTEXTS, model.context, "model.context")
     model.head = _resolve_component(fusion.HEADS, model.head, "model.head")
     unread = [m for m in model.modalities if m not in cfg.preprocess.modalities]
     require(not unread, "model.modalities",
             f"{unread} not in preprocess.modalities {cfg.preprocess.modalities}")
+    check_combinations(cfg)
     return cfg
+
+
+def check_combinations(cfg: Config) -> None:
+    """Settings that are valid alone but cannot work together."""
+    dialogues = cfg.model.context["type"] != "none"
+    require(not (dialogues and cfg.data.balanced_sampler), "data.balanced_sampler",
+            "cannot be combined with a dialogue model (model.context), whose batches are whole dialogues; "
+            "use train.class_weighting for the imbalance")
+    require(not (dialogues and cfg.data.group_by_length), "data.group_by_length",
+            "cannot be combined with a dialogue model (model.context), whose batches are whole dialogues")
+    require(not cfg.data.embeddings_dir or cfg.model.fusion["type"] == "concat", "model.fusion.type",
+            f"data.embeddings_dir holds one pooled vector per modality, which only concat fusion reads; "
+            f"got {cfg.model.fusion['type']!r}: set model.fusion.type=concat")
 
 
 def _resolve_component(registry: Mapping[str, type], section: Mapping[str, Any], path: str) -> dict:

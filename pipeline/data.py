@@ -14,6 +14,8 @@ import torch
 from torch.utils.data import Dataset
 
 from pipeline.cache import CacheSplit
+from pipeline.dialogues import dialogue_of, positions
+from pipeline.config import MODALITIES
 from pipeline.labels import EMOTIONS, POLARITY, REGRESSION, SENTIMENTS
 
 MIN_AUDIO_FRAMES = 96  # the padded log-mel length of a batch is at least 0.96 s (one VGGish patch)
@@ -45,8 +47,14 @@ class MeldDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         record = self.records[index]
-        return make_item(record["id"], self.cache.load(record["id"]), record["modalities"], self.modalities,
+        item = make_item(record["id"], self.cache.load(record["id"]), record["modalities"], self.modalities,
                          self.cache.preprocess, labels_of(record))
+        item["dialogue"] = dialogue_of(record)
+        return item
+
+    def dialogues(self) -> list[dict[str, Any]]:
+        """Each sample's ``dialogue`` entry (see pipeline.dialogues), from the manifest."""
+        return [dialogue_of(record) for record in self.records]
 
     def lengths(self) -> np.ndarray | None:
         """Each sample's padded length, the dimension that ``collate`` pads and the encoders'
@@ -107,6 +115,8 @@ def collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
     audio {log_mel Float[B,T,n_mels], lengths Long[B], mask Bool[B]}
     video {frames Uint8[B,N,3,H,W], mask Bool[B]}
     labels {emotion Long[B], sentiment Long[B], regression Float[B,K]}
+    dialogue {index Long[B], turn Long[B], speaker Long[B]}  (when the items carry ``dialogue``)
+    <modality> {embedding Float[B,D], mask Bool[B]}  (items of pipeline.embeddings.EmbeddedDataset)
     """
     batch: dict[str, Any] = {
         "ids": [item["id"] for item in items],
@@ -116,6 +126,13 @@ def collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
             "regression": torch.stack([item["labels"]["regression"] for item in items]),
         },
     }
+    if "dialogue" in items[0]:
+        batch["dialogue"] = positions([item["dialogue"] for item in items])
+    for modality in MODALITIES:
+        if modality in items[0] and "embedding" in items[0][modality]:  # vectors of pipeline.embed
+            entries = [item.pop(modality) for item in items]
+            batch[modality] = {"embedding": torch.stack([entry["embedding"] for entry in entries]),
+                               "mask": torch.tensor([entry["present"] for entry in entries], dtype=torch.bool)}
     if "text" in items[0]:
         texts = [item["text"] for item in items]
         length = max(1, max(len(text["input_ids"]) for text in texts))

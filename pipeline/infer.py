@@ -19,6 +19,11 @@ columns (and optionally ``speaker``; ``clip`` is a file name, stem or path relat
 CSV's folder), or, without ``--transcripts``, a ``.srt`` or ``.txt`` file next to each
 clip with the same stem. A clip without a transcript is predicted with its text masked.
 
+A model with a dialogue context (``model.context``) reads the clips of a dialogue together,
+in turn order, as the transcripts place them (MELD's ``Dialogue_ID``/``Utterance_ID``, or
+``dialogue``/``turn`` columns); its rows come grouped by dialogue in turn order, and a clip
+with no place is a dialogue of one.
+
 Output: one row per clip in input order, ``status`` "ok" or "error" (a missing, empty or
 unreadable clip, with the reason; the run goes on and exits 0). JSON lines by default, CSV
 when ``--out`` ends with ``.csv``. Rows are streamed to ``OUT.partial`` as batches finish
@@ -38,20 +43,15 @@ import argparse
 import collections
 import csv
 import glob
-import io
-import itertools
 import json
 import logging
 import math
-import multiprocessing
 import os
 import re
 import sys
 import time
-import traceback
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -60,23 +60,17 @@ from tqdm import tqdm
 from pipeline import meld
 from pipeline.config import ConfigError, PreprocessConfig, config_from_dict, from_dict
 from pipeline.data import collate, labels_of, make_item
+from pipeline.decoding import DecodePool, Decoded, Job, batches, dialogue_batches, in_dialogue_order, make_jobs
 from pipeline.distributed import pick_device
 from pipeline.execution import amp_dtype, autocast, to_device
-from pipeline.features import Utterance, extract_features, single_threaded_process
-from pipeline.media import ClipError
 from pipeline.metrics import classification_metrics
 from pipeline.model import CheckpointError, MultimodalModel, load_checkpoint
+from pipeline.transcripts import InputError, read_transcripts
 
 logger = logging.getLogger(__name__)
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".mov", ".avi", ".webm")
-SIDECAR_EXTENSIONS = (".srt", ".txt")  # looked up in this order next to each clip
-SRT_TAG = re.compile(r"<[^>]*>|\{\\[^}]*\}")  # <i>...</i> and {\an8}-style styling
 TASKS = ("emotion", "sentiment")
-
-
-class InputError(ValueError):
-    """Clips or transcripts that cannot be read as asked (the message says what to fix)."""
 
 
 # --------------------------------------------------------------------------- clips
@@ -114,244 +108,6 @@ def read_clip_list(path: Path) -> list[Path]:
     return clips
 
 
-# --------------------------------------------------------------------------- transcripts
-@dataclass(frozen=True)
-class Transcript:
-    """The text of a clip and, from a MELD CSV, its labels."""
-
-    utterance: Utterance
-    emotion: str | None = None
-    sentiment: str | None = None
-
-
-class TranscriptTable:
-    """Transcripts of a ``--transcripts`` file, found for a clip by its full path, file name or stem."""
-
-    def __init__(self, source: Path, kind: str) -> None:
-        self.source, self.kind = source, kind
-        self.by_path: dict[Path, Transcript] = {}
-        self.by_name: dict[str, Transcript] = {}
-
-    def add(self, key: str, transcript: Transcript) -> None:
-        """``key``: a file name or stem, or a path (relative to the CSV's folder)."""
-        if os.sep in key or (os.altsep and os.altsep in key):
-            table, resolved = self.by_path, (self.source.parent / key).resolve()
-        else:
-            table, resolved = self.by_name, key
-        if resolved in table:
-            raise InputError(f"--transcripts {self.source}: two rows for clip {key!r}")
-        table[resolved] = transcript
-
-    def find(self, clip: Path) -> Transcript | None:
-        found = self.by_path.get(clip.resolve())
-        if found is None:
-            found = self.by_name.get(clip.name) or self.by_name.get(clip.stem)
-        return found
-
-
-def read_transcripts(path: Path, context_turns: int) -> TranscriptTable:
-    """A MELD CSV (it has ``Dialogue_ID`` and ``Utterance_ID``) or a ``clip,text[,speaker]`` CSV.
-
-    MELD rows are read by ``meld.read_csv`` and get ``meld.dialogue_context`` with
-    ``context_turns`` (the checkpoint's ``preprocess.text.context_turns``), as in preprocessing.
-    """
-    if not path.is_file():
-        raise InputError(f"--transcripts {path}: no such file")
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        text = raw.decode("latin-1")  # old MELD releases; meld.read_csv does the same
-    rows = csv.reader(io.StringIO(text, newline=""))
-    header = [name.strip() for name in next(rows, [])]
-    if {"Dialogue_ID", "Utterance_ID"} <= set(header):
-        table = TranscriptTable(path, "MELD CSV")
-        utterances = meld.read_csv(path)
-        context = meld.dialogue_context(utterances, context_turns)
-        for row in utterances:
-            table.add(row.id, Transcript(Utterance(row.utterance, row.speaker, context[row.id]),
-                                         row.emotion, row.sentiment))
-        return table
-    if {"clip", "text"} <= set(header):
-        table = TranscriptTable(path, "clip,text CSV")
-        for fields in rows:
-            row = dict(zip(header, fields))
-            clip, said = row.get("clip", "").strip(), row.get("text", "").strip()
-            if clip and said:
-                table.add(clip, Transcript(Utterance(said, row.get("speaker", "").strip())))
-        return table
-    raise InputError(f"--transcripts {path}: expected a MELD CSV (Utterance, Speaker, Dialogue_ID, "
-                     f"Utterance_ID, ...) or a CSV with clip,text columns; the header is {header}")
-
-
-def read_srt(text: str) -> str:
-    """The spoken text of an SRT file: each block's text lines joined by spaces, without the
-    block numbers, the ``-->`` timing lines and styling tags."""
-    words = []
-    for block in re.split(r"\n\s*\n", text.replace("\r\n", "\n").replace("\r", "\n").strip()):
-        lines = [line.strip() for line in block.split("\n")]
-        if len(lines) > 1 and lines[0].isdigit() and "-->" in lines[1]:
-            lines = lines[2:]
-        elif lines and "-->" in lines[0]:
-            lines = lines[1:]
-        words += [SRT_TAG.sub("", line).strip() for line in lines]
-    return " ".join(word for word in words if word)
-
-
-def read_sidecar(clip: Path) -> Transcript | None:
-    """The transcript in ``<stem>.srt`` or ``<stem>.txt`` next to ``clip`` (None if neither
-    exists or it is empty)."""
-    for extension in SIDECAR_EXTENSIONS:
-        sidecar = clip.with_suffix(extension)
-        if sidecar.is_file():
-            text = sidecar.read_text(encoding="utf-8-sig", errors="replace")
-            text = read_srt(text) if extension == ".srt" else " ".join(text.split())
-            return Transcript(Utterance(text)) if text else None
-    return None
-
-
-# --------------------------------------------------------------------------- jobs and decoding
-@dataclass(frozen=True)
-class Job:
-    """One input clip (picklable: it travels to a decoding worker)."""
-
-    clip: str
-    id: str  # file stem
-    utterance: Utterance | None  # None: no transcript, text masked
-    emotion: str | None = None
-    sentiment: str | None = None
-
-
-def make_jobs(clips: Sequence[Path], transcripts: TranscriptTable | None) -> list[Job]:
-    """A job per clip, with its transcript from ``transcripts`` or, when None, its sidecar."""
-    jobs = []
-    for clip in clips:
-        found = transcripts.find(clip) if transcripts is not None else read_sidecar(clip)
-        jobs.append(Job(str(clip), clip.stem, found.utterance if found else None,
-                        found.emotion if found else None, found.sentiment if found else None))
-    matched = sum(job.utterance is not None for job in jobs)
-    source = f"{transcripts.kind} {transcripts.source}" if transcripts else "sidecar .srt/.txt files"
-    logger.info("%d clips; transcripts for %d of them (%s)", len(jobs), matched, source)
-    if transcripts is not None and matched == 0:
-        logger.warning("no clip matched a row of %s: every clip is predicted with its text masked",
-                       transcripts.source)
-    return jobs
-
-
-@dataclass
-class Decoded:
-    """The features of a job (``arrays``/``modalities`` as extract_features returns them), or
-    the reason it could not be decoded."""
-
-    job: Job
-    arrays: dict[str, np.ndarray] | None
-    modalities: list[str]
-    error: str | None = None
-
-
-class ClipDecoder:
-    """What a decoding process builds once: the checkpoint's preprocessing config and tokenizer."""
-
-    def __init__(self, preprocess: Mapping[str, Any]) -> None:
-        self.pcfg = from_dict(PreprocessConfig, dict(preprocess), "preprocess")
-        self.tokenizer = None
-        if "text" in self.pcfg.modalities:
-            from encoders.text import load_tokenizer
-
-            self.tokenizer = load_tokenizer(self.pcfg.text.model)
-
-    def __call__(self, job: Job) -> Decoded:
-        try:
-            arrays, modalities = extract_features(job.clip, job.utterance, self.pcfg, self.tokenizer)
-        except ClipError as err:
-            return Decoded(job, None, [], err.reason)
-        except Exception as err:  # a bug, not a bad clip: report it loudly but keep the other rows
-            logger.error("%s: decoding failed:\n%s", job.clip, traceback.format_exc())
-            return Decoded(job, None, [], f"internal error: {type(err).__name__}: {err}")
-        return Decoded(job, arrays, modalities)
-
-
-_decoder: ClipDecoder | None = None  # the ClipDecoder of a pool process
-
-
-def init_decoder(preprocess: Mapping[str, Any]) -> None:
-    global _decoder
-    single_threaded_process()
-    _decoder = ClipDecoder(preprocess)
-
-
-def decode_job(job: Job) -> Decoded:
-    return _decoder(job)
-
-
-class DecodePool:
-    """Decodes jobs in ``workers`` long-lived processes (0: in this process), yielding results
-    in input order while at most ``lookahead`` jobs are in flight, so memory stays bounded
-    when the model is slower than decoding. ``start()`` it, then use it as a context manager:
-    the worker processes live until the ``with`` block ends."""
-
-    def __init__(self, preprocess: Mapping[str, Any], workers: int, lookahead: int) -> None:
-        self.preprocess, self.workers, self.lookahead = dict(preprocess), workers, max(1, lookahead)
-        self.pool: Any = None
-        self.local: ClipDecoder | None = None
-
-    def start(self) -> "DecodePool":
-        """Build a decoder here first, so that a tokenizer that cannot be loaded fails now with
-        its message (a pool initializer that raises would be restarted forever), then start
-        the worker processes."""
-        self.local = ClipDecoder(self.preprocess)
-        if self.workers > 0:
-            os.environ["TOKENIZERS_PARALLELISM"] = "false"  # the tokenizer is used across a fork
-            self.pool = multiprocessing.Pool(self.workers, initializer=init_decoder,
-                                             initargs=(self.preprocess,))
-        return self
-
-    def __enter__(self) -> "DecodePool":
-        return self
-
-    def __exit__(self, *exc_info: Any) -> None:
-        if self.pool is not None:
-            self.pool.terminate()
-            self.pool.join()
-
-    def imap(self, jobs: Iterable[Job]) -> Iterator[tuple[Decoded, bool]]:
-        """``(decoded, next_ready)`` for each job in the order of ``jobs``; ``next_ready`` says
-        whether the following job's result is already there (always True in this process)."""
-        if self.pool is None:
-            yield from ((decoded, True) for decoded in map(self.local, jobs))
-            return
-        pending = iter(jobs)
-        window = collections.deque(self.pool.apply_async(decode_job, (job,))
-                                   for job in itertools.islice(pending, self.lookahead))
-        while window:
-            decoded = window.popleft().get()
-            window.extend(self.pool.apply_async(decode_job, (job,)) for job in itertools.islice(pending, 1))
-            yield decoded, not window or window[0].ready()
-
-
-def batches(decoded: Iterable[tuple[Decoded, bool]], batch_size: int) -> Iterator[list[Decoded]]:
-    """Consecutive runs of decoded clips (errors ride along, so rows leave in input order),
-    each with at most ``batch_size`` ok clips.
-
-    A run is handed over when it is full or, while batches ramp up, as soon as the next clip
-    is not decoded yet and the run holds at least twice the ok clips of the previous one (1 at
-    first). So the model starts on the first decoded clip instead of idling until a whole
-    batch is decoded (the pipeline's fill), and batch sizes double up to ``batch_size`` and
-    then stay full: a small batch costs up to twice the CPU per clip, CPU that decoding needs
-    when it is the bottleneck.
-    """
-    run: list[Decoded] = []
-    ok, early = 0, 1
-    for item, next_ready in decoded:
-        run.append(item)
-        ok += item.error is None
-        if ok == batch_size or (ok >= early and not next_ready):
-            yield run
-            run, ok, early = [], 0, min(batch_size, 2 * ok)
-    if run:
-        yield run
-
-
 # --------------------------------------------------------------------------- the model
 class Predictor:
     """The checkpoint's model on ``device``, turning a list of decoded clips into rows."""
@@ -368,8 +124,10 @@ class Predictor:
     def item(self, decoded: Decoded) -> dict[str, Any]:
         """The dataset item of a decoded clip, built as MeldDataset builds cached samples."""
         job = decoded.job
-        return make_item(job.id, decoded.arrays, decoded.modalities, self.modalities, self.preprocess,
+        item = make_item(job.id, decoded.arrays, decoded.modalities, self.modalities, self.preprocess,
                          labels_of({"emotion": job.emotion, "sentiment": job.sentiment}))
+        item["dialogue"] = job.place()
+        return item
 
     @torch.inference_mode()
     def outputs(self, batch: Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -498,7 +256,8 @@ def run(predictor: Predictor, jobs: Sequence[Job], pool: DecodePool, out: Path, 
     reasons: collections.Counter[str] = collections.Counter()
     try:
         with tqdm(total=len(jobs), unit="clip", desc="infer", dynamic_ncols=True) as bar:
-            for group in batches(pool.imap(jobs), batch_size):
+            grouping = dialogue_batches if predictor.model.reads_dialogues else batches
+            for group in grouping(pool.imap(jobs), batch_size):
                 rows = predictor.rows(group)
                 writer.write(rows)
                 for decoded, row in zip(group, rows):
@@ -577,6 +336,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                        if args.transcripts is not None else None)
         jobs = make_jobs(clips, transcripts)
         predictor = Predictor(ckpt, device)
+        if predictor.model.reads_dialogues:
+            jobs = in_dialogue_order(jobs)
         workers = default_workers(device) if args.workers is None else args.workers
         pool = DecodePool(predictor.preprocess, min(workers, len(jobs)),
                           default_lookahead(args.batch_size, workers)).start()

@@ -49,20 +49,47 @@ class MultimodalModel(nn.Module):
             self.encoders[modality] = encoders.build(cfg.encoders[modality], load_weights=load_weights)
         dims = {m: encoder.out_dim for m, encoder in self.encoders.items()}
         self.fusion = fusion.build_fusion(cfg.fusion, dims)
-        self.head = fusion.build_head(cfg.head, self.fusion.out_dim, self.outputs)
+        self.context = fusion.build_context(cfg.context, self.fusion.out_dim)
+        self.reads_dialogues = cfg.context["type"] != "none"
+        self.head = fusion.build_head(cfg.head, self.context.out_dim, self.outputs)
 
     def forward(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-        """``batch``: the collated dict (pipeline.data); only the model's modalities are read.
-        Returns ``{task: [B,K_task], "aux_loss": scalar, ("gates": [B,G])}``."""
+        """``batch``: the collated dict (pipeline.data); only the model's modalities are read,
+        and ``dialogue`` when the model has a dialogue context. A modality given as
+        ``{"embedding": Float[B,D], "mask": Bool[B]}`` (vectors of pipeline.embed) skips its
+        encoder. Returns ``{task: [B,K_task], "aux_loss": scalar, ("gates": [B,G])}``."""
         features, masks = {}, {}
         for modality, encoder in self.encoders.items():
             if modality not in batch:
                 raise KeyError(f"the batch has no {modality!r} inputs; this model reads "
                                f"{list(self.encoders)} (is the modality in the cache?)")
             inputs = batch[modality]
-            features[modality] = encoder(inputs)
+            features[modality] = {"pooled": inputs["embedding"]} if "embedding" in inputs else encoder(inputs)
             masks[modality] = inputs["mask"]
-        return self.head(self.fusion(features, masks))
+        fused = self.fusion(features, masks)
+        if self.reads_dialogues:
+            fused = self.in_dialogues(fused, batch.get("dialogue"))
+        return self.head(fused)
+
+    def in_dialogues(self, fused: torch.Tensor, dialogue: Mapping[str, torch.Tensor] | None) -> torch.Tensor:
+        """The dialogue model over ``fused`` [N,D] utterance vectors: scattered into
+        [dialogues, turns, D] by ``dialogue`` (index, turn, speaker: Long[N], see
+        pipeline.dialogues), run, and gathered back to [N, out_dim]. Without ``dialogue``
+        every utterance is a dialogue of one."""
+        count = fused.shape[0]
+        if dialogue is None:
+            index = torch.arange(count, device=fused.device)
+            turn = speaker = torch.zeros_like(index)
+        else:
+            index, turn, speaker = dialogue["index"], dialogue["turn"], dialogue["speaker"]
+        shape = (int(index.max()) + 1, int(turn.max()) + 1) if count else (0, 0)
+        sequences = fused.new_zeros(*shape, fused.shape[1])
+        sequences[index, turn] = fused
+        mask = torch.zeros(shape, dtype=torch.bool, device=fused.device)
+        mask[index, turn] = True
+        speakers = torch.zeros(shape, dtype=torch.long, device=fused.device)
+        speakers[index, turn] = speaker
+        return self.context(sequences, mask, speakers)[index, turn]
 
     def pretrained_parameters(self) -> list[nn.Parameter]:
         """Parameters of encoders loaded from pretrained weights (trained with ``train.encoder_lr``),

@@ -25,8 +25,6 @@ import contextlib
 import json
 import logging
 import math
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
@@ -36,93 +34,28 @@ import torch
 from torch import nn
 from torch.distributed.elastic.multiprocessing.errors import record
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
-from tqdm import tqdm
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from encoders.weights import WeightsError
 from pipeline import distributed as dist
 from pipeline.averaging import WeightAverage
 from pipeline.cache import CacheMismatchError, CacheSplit
 from pipeline.checkpoint import config_changes, inference_checkpoint, restore, run_checkpoint
-from pipeline.config import Config, ConfigError, TrainConfig, dump_yaml, format_config, load_config, to_dict
-from pipeline.data import MeldDataset, collate, labels_of
-from pipeline.execution import amp_dtype, autocast, to_device
+from pipeline.config import Config, ConfigError, dump_yaml, format_config, load_config, to_dict
+from pipeline.data import MeldDataset, labels_of
+from pipeline.embeddings import open_for_training
+from pipeline.execution import amp_dtype
 from pipeline.labels import EMOTIONS, SENTIMENTS
+from pipeline.loading import evaluation_order, make_loader, open_split, training_order
+from pipeline.loops import TokenMasker, evaluate, train_one_epoch
 from pipeline.losses import MultitaskLoss, build_loss
-from pipeline.metrics import compute_metrics, format_report, plot_confusion_matrix, plot_curves
+from pipeline.metrics import format_report, plot_confusion_matrix, plot_curves
 from pipeline.model import CheckpointError, MultimodalModel, build_model, load_checkpoint
 from pipeline.optim import param_groups, warmup_cosine
-from pipeline.samplers import ClassBalancedSampler, LengthGroupedBatches
 
 log = logging.getLogger(__name__)
 
 MONITOR = ("emotion", "weighted_f1")  # validation metric for best.pt and early stopping
-
-
-# --------------------------------------------------------------------------- data
-def open_split(cfg: Config, split: str, required: bool) -> CacheSplit | None:
-    """The cache of ``split``, checked against ``cfg.preprocess`` (None if absent and optional;
-    an empty name means no such split)."""
-    split_dir = Path(cfg.data.cache_dir) / split
-    if not split or not (split_dir / "meta.json").is_file():
-        if required:
-            raise FileNotFoundError(f"no feature cache for split {split!r} in {split_dir}; preprocess "
-                                    "the data first (scripts/preprocess_meld.sh) or set data.cache_dir")
-        return None
-    cache = CacheSplit(split_dir)
-    cache.check_params(to_dict(cfg.preprocess))
-    if not cache.complete:
-        raise RuntimeError(f"the cache of split {split!r} in {split_dir} is incomplete (preprocessing has "
-                           "not finished); finish it before training")
-    if len(cache) == 0:
-        raise RuntimeError(f"the cache of split {split!r} in {split_dir} holds no usable sample")
-    return cache
-
-
-def make_loader(dataset: Dataset, order: Sampler, cfg: Config, device: torch.device) -> DataLoader:
-    """A loader over ``order`` (a sampler of this rank's share of ``dataset``, or its
-    LengthGroupedBatches); workers stay alive across epochs.
-
-    The loader gets its own generator so that iterating it never draws from the global
-    random state (which must stay a function of the seed for exact resumes).
-    """
-    workers = cfg.data.num_workers
-    batching = ({"batch_sampler": order} if isinstance(order, LengthGroupedBatches)
-                else {"sampler": order, "batch_size": cfg.train.batch_size})
-    return DataLoader(dataset, **batching, collate_fn=collate, num_workers=workers,
-                      pin_memory=device.type == "cuda", persistent_workers=workers > 0, generator=torch.Generator())
-
-
-def grouped(sampler: Sampler, dataset: MeldDataset, cfg: Config, shuffle: bool) -> Sampler:
-    """``sampler`` in batches of similar length when ``data.group_by_length`` is on and the
-    dataset reads text or audio (a padded modality), else ``sampler`` itself."""
-    lengths = dataset.lengths() if cfg.data.group_by_length else None
-    if lengths is None:
-        return sampler
-    return LengthGroupedBatches(sampler, lengths, cfg.train.batch_size, shuffle, cfg.train.seed)
-
-
-class TokenMasker:
-    """Text augmentation: in ``sample_share`` of the samples, replace ``token_share`` of the
-    real (non-special, non-padding) tokens with the tokenizer's mask token."""
-
-    def __init__(self, tokenizer: Any, token_share: float, sample_share: float) -> None:
-        if tokenizer.mask_token_id is None:
-            raise ConfigError(f"train.token_mask_samples: the tokenizer {type(tokenizer).__name__} has no "
-                              "mask token; set train.token_mask_samples=0")
-        self.mask_id = tokenizer.mask_token_id
-        self.special_ids = torch.tensor(sorted(tokenizer.all_special_ids))
-        self.token_share, self.sample_share = token_share, sample_share
-
-    def __call__(self, text: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """``{"input_ids": Long[B,L], "attention_mask": [B,L], ...}`` -> the same with masked ids."""
-        input_ids = text["input_ids"]
-        batch, length = input_ids.shape
-        chosen = torch.rand(batch) < self.sample_share
-        candidates = (text["attention_mask"].bool() & ~torch.isin(input_ids, self.special_ids)
-                      & chosen[:, None])
-        masked = candidates & (torch.rand(batch, length) < self.token_share)
-        return {**text, "input_ids": input_ids.masked_fill(masked, self.mask_id)}
 
 
 # --------------------------------------------------------------------------- DDP
@@ -133,115 +66,6 @@ def wrap_ddp(model: nn.Module, device: torch.device) -> nn.Module:
         return model
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
                                    gradient_as_bucket_view=True)
-
-
-# --------------------------------------------------------------------------- loops
-def train_one_epoch(model: nn.Module, loader: DataLoader, loss_fn: MultitaskLoss,
-                    optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
-                    scaler: torch.amp.GradScaler, device: torch.device, cfg: TrainConfig, epoch: int,
-                    dtype: torch.dtype | None = None, augment: TokenMasker | None = None,
-                    writer: Any = None, average: WeightAverage | None = None) -> dict[str, Any]:
-    """One pass over ``loader`` (at most ``cfg.max_steps_per_epoch`` batches).
-
-    Gradients of ``cfg.accumulate`` batches make one optimizer step (DDP synchronises only
-    on the last of them); the scheduler and ``average`` (if any) step with the optimizer.
-    Returns this rank's mean loss, per-task losses, sample count, and the seconds spent in
-    total and waiting for data.
-    """
-    model.train()
-    unwrapped = model.module if isinstance(model, DistributedDataParallel) else model
-    steps = len(loader) if cfg.max_steps_per_epoch == 0 else min(len(loader), cfg.max_steps_per_epoch)
-    sums: dict[str, torch.Tensor] = {}
-    samples, data_wait = 0, 0.0
-    optimizer.zero_grad(set_to_none=True)
-    start = time.perf_counter()
-    batches = iter(loader)
-    progress = tqdm(range(steps), desc=f"epoch {epoch + 1}", disable=not dist.is_main_process(),
-                    leave=False, file=sys.stderr)
-    for step in progress:
-        wait_start = time.perf_counter()
-        batch = next(batches)
-        data_wait += time.perf_counter() - wait_start
-        if augment is not None and "text" in batch:
-            batch["text"] = augment(batch["text"])
-        batch = to_device(batch, device)
-        group_start = step - step % cfg.accumulate
-        group_size = min(cfg.accumulate, steps - group_start)
-        last_in_group = step == group_start + group_size - 1
-        sync = contextlib.nullcontext() if last_in_group or not isinstance(model, DistributedDataParallel) \
-            else model.no_sync()
-        with sync:
-            with autocast(device, dtype):
-                outputs = model(batch)
-            loss, parts = loss_fn({k: v.float() for k, v in outputs.items()}, batch["labels"])
-            scaler.scale(loss / group_size).backward()
-        if last_in_group:
-            if cfg.grad_clip > 0:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
-            if average is not None:
-                average.update(unwrapped)
-        samples += len(batch["ids"])
-        for name, value in {"loss": loss.detach(), **parts}.items():
-            sums[name] = sums.get(name, 0.0) + value
-        if (step + 1) % cfg.log_every == 0 and dist.is_main_process():
-            current = loss.item()
-            progress.set_postfix(loss=f"{current:.4f}")
-            if writer is not None:
-                global_step = epoch * steps + step + 1
-                writer.add_scalar("train/loss", current, global_step)
-                writer.add_scalar("train/lr", scheduler.get_last_lr()[-1], global_step)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    seconds = time.perf_counter() - start
-    means = {name: float(total) / max(steps, 1) for name, total in sums.items()}
-    return {"loss": means.pop("loss", float("nan")), "parts": means, "samples": samples, "steps": steps,
-            "seconds": seconds, "data_wait": data_wait}
-
-
-@torch.inference_mode()
-def evaluate(model: nn.Module, loader: DataLoader, loss_fn: MultitaskLoss, device: torch.device,
-             dtype: torch.dtype | None = None) -> tuple[dict, dict[str, np.ndarray]]:
-    """Metrics of ``model`` on every sample of ``loader``'s dataset.
-
-    Each rank predicts its share; the predictions of all ranks are gathered with their clip
-    ids and the duplicates that DistributedSampler pads with are dropped, so the metrics
-    (and the loss, recomputed on the gathered outputs) are those of the whole split,
-    identical on every rank. Returns (metrics, arrays sorted by id).
-    """
-    model.eval()
-    ids: list[str] = []
-    chunks: dict[str, list[np.ndarray]] = {}
-    for batch in loader:
-        labels = batch["labels"]
-        with autocast(device, dtype):
-            outputs = model(to_device(batch, device))
-        ids.extend(batch["ids"])
-        for task in ("emotion", "sentiment", "regression"):
-            if task in outputs and task in labels:
-                chunks.setdefault(task, []).append(outputs[task].float().cpu().numpy())
-                chunks.setdefault(f"{task}_label", []).append(labels[task].numpy())
-    local = {"ids": ids, **{name: np.concatenate(parts) for name, parts in chunks.items()}}
-    first: dict[str, tuple[int, int]] = {}
-    gathered = dist.all_gather_objects(local)
-    for rank, part in enumerate(gathered):
-        for row, id_ in enumerate(part["ids"]):
-            first.setdefault(id_, (rank, row))
-    order = sorted(first)
-    arrays = {"ids": np.array(order)}
-    for name in local:
-        if name != "ids":
-            arrays[name] = np.stack([gathered[rank][name][row] for rank, row in (first[i] for i in order)])
-    metrics = compute_metrics(arrays)
-    outputs = {task: torch.from_numpy(arrays[task]).to(device) for task in ("emotion", "sentiment", "regression")
-               if task in arrays}
-    labels = {task: torch.from_numpy(arrays[f"{task}_label"]).to(device) for task in outputs}
-    metrics["loss"] = float(loss_fn(outputs, labels)[0])
-    return metrics, arrays
 
 
 # --------------------------------------------------------------------------- outputs
@@ -269,7 +93,7 @@ def monitored(metrics: Mapping[str, Any]) -> float:
     return float(metrics.get(task, {}).get(name, float("nan")))
 
 
-def split_labels(dataset: MeldDataset) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def split_labels(dataset: Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A split's labels from its manifest (no array is loaded): emotion and sentiment class
     indices ``[N]`` (-100 unknown) and regression targets ``[N, K]`` (NaN unknown)."""
     labels = [labels_of(record) for record in dataset.records]
@@ -314,25 +138,24 @@ class Session:
 def prepare(cfg: Config, device: torch.device) -> Session:
     """Open the caches (checked against ``cfg.preprocess``), build the loaders, model, loss,
     optimizer and schedule of a run on ``device``."""
-    rank, world = dist.get_rank(), dist.get_world_size()
     caches = {"train": open_split(cfg, cfg.data.train_split, True),
               "val": open_split(cfg, cfg.data.val_split, True),
               "test": open_split(cfg, cfg.data.test_split, False)}
-    datasets = {name: MeldDataset(cache.split_dir, cfg.model.modalities)
-                for name, cache in caches.items() if cache is not None}
-    emotion, sentiment, regression = split_labels(datasets["train"])
-    if cfg.data.balanced_sampler:
-        train_sampler: Sampler = ClassBalancedSampler(emotion, world, rank, cfg.train.seed)
+    model = build_model(cfg)
+    if cfg.data.embeddings_dir:
+        datasets = open_for_training(Path(cfg.data.embeddings_dir), caches, model, cfg.model.encoders,
+                                     cfg.model.modalities)
     else:
-        train_sampler = DistributedSampler(datasets["train"], world, rank, shuffle=True, seed=cfg.train.seed)
-    train_sampler = grouped(train_sampler, datasets["train"], cfg, shuffle=True)
+        datasets = {name: MeldDataset(cache.split_dir, cfg.model.modalities)
+                    for name, cache in caches.items() if cache is not None}
+    model = model.to(device)
+    emotion, sentiment, regression = split_labels(datasets["train"])
+    train_sampler = training_order(datasets["train"], emotion, cfg, model)
     loaders = {"train": make_loader(datasets["train"], train_sampler, cfg, device)}
     for name in ("val", "test"):
         if name in datasets:
-            sampler = DistributedSampler(datasets[name], world, rank, shuffle=False)
-            loaders[name] = make_loader(datasets[name], grouped(sampler, datasets[name], cfg, False), cfg, device)
+            loaders[name] = make_loader(datasets[name], evaluation_order(datasets[name], cfg, model), cfg, device)
 
-    model = build_model(cfg).to(device)
     if cfg.train.gradient_checkpointing:
         model.enable_gradient_checkpointing()
     augment = None
@@ -403,7 +226,8 @@ def train(cfg: Config, device: torch.device) -> dict:
         if patience and bad_epochs >= patience:
             log.info("early stopping: no better validation %s for %d epochs", ".".join(MONITOR), bad_epochs)
             break
-        if 0 < cfg.train.unfreeze_after_epochs <= epoch and not unfrozen and "text" in model.encoders:
+        if 0 < cfg.train.unfreeze_after_epochs <= epoch and not unfrozen and "text" in model.encoders \
+                and not cfg.data.embeddings_dir:
             model.encoders["text"].set_trainable_layers(0)
             ddp_model = wrap_ddp(model, device)
             unfrozen = True

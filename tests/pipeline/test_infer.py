@@ -19,7 +19,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from pipeline import infer, train
+from pipeline import infer, train, transcripts
 from pipeline.cache import CacheSplit
 from pipeline.data import MeldDataset, collate
 from pipeline.labels import EMOTIONS, SENTIMENTS
@@ -265,14 +265,14 @@ def test_read_srt_keeps_only_the_spoken_text():
     srt = ("1\r\n00:00:01,000 --> 00:00:02,000\r\n<i>Hello</i> there,\r\nfriend.\r\n\r\n"
            "2\r\n00:00:02,500 --> 00:00:03,000\r\n{\\an8}42\r\n\r\n\r\n"
            "3\n00:00:03,000 --> 00:00:04,000\nBye!\n")
-    assert infer.read_srt(srt) == "Hello there, friend. 42 Bye!"
+    assert transcripts.read_srt(srt) == "Hello there, friend. 42 Bye!"
 
 
 def test_unknown_transcript_columns_and_missing_clips_are_clear_errors(tmp_path):
     path = tmp_path / "t.csv"
     path.write_text("file,words\na.mp4,hi\n", encoding="utf-8")
     with pytest.raises(infer.InputError, match="clip,text"):
-        infer.read_transcripts(path, 0)
+        transcripts.read_transcripts(path, 0)
     with pytest.raises(infer.InputError, match="no such folder"):
         infer.list_clips(str(tmp_path / "nowhere"))
     with pytest.raises(infer.InputError, match="matches no video"):

@@ -21,8 +21,11 @@ from pipeline.config import MODALITIES, ConfigError, config_from_dict, load_conf
 from pipeline.data import MeldDataset, collate
 from pipeline.model import MultimodalModel, build_model, load_checkpoint
 from pipeline.losses import build_loss
-from pipeline.train import (TokenMasker, amp_dtype, evaluate, main, param_groups, prepare,
-                            rng_state, set_rng_state, split_labels, warmup_cosine)
+from pipeline.checkpoint import rng_state, set_rng_state
+from pipeline.execution import amp_dtype
+from pipeline.loops import TokenMasker, evaluate
+from pipeline.optim import param_groups, warmup_cosine
+from pipeline.train import main, prepare, split_labels
 
 REPO = Path(__file__).resolve().parents[2]
 HARNESS = Path(__file__).with_name("train_harness.py")

