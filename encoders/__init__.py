@@ -1,4 +1,5 @@
-"""Modality encoders: text (Hugging Face), audio (VGGish-style CNN), video (ResNet per frame).
+"""Modality encoders: text (Hugging Face), audio (VGGish-style CNN on log-mel; Whisper or a
+Hugging Face speech encoder on the waveform), video (ResNet per frame).
 
 A leaf package: it never imports ``pipeline`` or ``fusion``. ``ENCODERS`` maps a config
 ``type:`` to a class with a ``Config`` dataclass; ``build(section)`` makes one.
@@ -31,3 +32,4 @@ def build(section: Mapping[str, Any], load_weights: bool = True) -> nn.Module:
 
 
 from encoders import audio, text, video  # noqa: E402,F401  (registers the encoders)
+from encoders import hf_audio, whisper  # noqa: E402,F401  (pretrained audio encoders on the waveform)

@@ -38,6 +38,36 @@ def tiny_distilbert_model(tmp_path_factory) -> str:
     return str(save_tiny_text_model(tmp_path_factory.mktemp("tiny_distilbert"), "distilbert"))
 
 
+def save_tiny_wav2vec2_model(folder: Path, feat_extract_norm: str = "layer") -> Path:
+    """Write a tiny random wav2vec2 (hidden 16, 2 layers, a 2-layer feature encoder reading
+    20 samples per frame, 10 samples apart) and its feature extractor into ``folder``.
+
+    ``"layer"``: the large-model layout (layer norms, stable layer norm), trained with an
+    attention mask; ``"group"``: the base-model layout (group norm), trained without one."""
+    from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
+
+    with_mask = feat_extract_norm == "layer"
+    config = Wav2Vec2Config(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
+                            conv_dim=(8, 8), conv_kernel=(10, 3), conv_stride=(5, 2),
+                            num_conv_pos_embeddings=8, num_conv_pos_embedding_groups=2,
+                            feat_extract_norm=feat_extract_norm, do_stable_layer_norm=with_mask, vocab_size=8)
+    Wav2Vec2Model(config).save_pretrained(folder)
+    Wav2Vec2FeatureExtractor(do_normalize=True, return_attention_mask=with_mask).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_wav2vec2_model(tmp_path_factory) -> str:
+    """Folder of a tiny random wav2vec2 that takes an attention mask (see :func:`save_tiny_wav2vec2_model`)."""
+    return str(save_tiny_wav2vec2_model(tmp_path_factory.mktemp("tiny_wav2vec2"), "layer"))
+
+
+@pytest.fixture(scope="session")
+def tiny_wav2vec2_group_model(tmp_path_factory) -> str:
+    """Folder of a tiny random group-norm wav2vec2, trained without an attention mask."""
+    return str(save_tiny_wav2vec2_model(tmp_path_factory.mktemp("tiny_wav2vec2_group"), "group"))
+
+
 # Preprocessing and model overrides that fit :func:`tiny_meld_cache` (tiny frames, short
 # audio, 16 tokens) and keep every encoder tiny (VGGish with a few channels, ResNet-18
 # without pretrained weights).

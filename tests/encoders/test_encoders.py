@@ -10,7 +10,7 @@ torch.set_num_threads(1)
 BATCH = 3  # sample 1 is padded, sample 2 has the modality absent
 
 
-def tiny_case(name: str, text_model: str) -> tuple[dict, dict, int]:
+def tiny_case(name: str, text_model: str, audio_model: str) -> tuple[dict, dict, int]:
     """(config section, inputs, sequence length) of a small version of encoder ``name``."""
     absent = torch.tensor([True, True, False])
     if name == "hf_text":
@@ -25,18 +25,26 @@ def tiny_case(name: str, text_model: str) -> tuple[dict, dict, int]:
     if name == "resnet":
         frames = torch.randint(0, 256, (BATCH, 2, 3, 32, 32), dtype=torch.uint8)
         return {"type": "resnet", "weights": "none"}, {"frames": frames, "mask": absent}, 2
+    if name == "whisper":
+        inputs = {"waveform": torch.randn(BATCH, 1600), "lengths": torch.tensor([1600, 800, 0]), "mask": absent}
+        section = {"type": "whisper", "pretrained": False, "d_model": 16, "encoder_layers": 2,
+                   "encoder_attention_heads": 2, "encoder_ffn_dim": 32, "dropout": 0.0}
+        return section, inputs, 5  # 10 log-mel frames, halved by the strided convolution
+    if name == "hf_audio":
+        inputs = {"waveform": torch.randn(BATCH, 400), "lengths": torch.tensor([400, 200, 0]), "mask": absent}
+        return {"type": "hf_audio", "model": audio_model, "dropout": 0.0}, inputs, 39  # a frame per 10 samples
     raise AssertionError(f"no tiny test case for encoder {name!r}: add one here")
 
 
-def test_every_registered_encoder_has_a_case(tiny_text_model):
+def test_every_registered_encoder_has_a_case(tiny_text_model, tiny_wav2vec2_model):
     for name in encoders.ENCODERS:
-        tiny_case(name, tiny_text_model)
+        tiny_case(name, tiny_text_model, tiny_wav2vec2_model)
 
 
 @pytest.fixture(params=sorted(encoders.ENCODERS))
-def case(request, tiny_text_model):
+def case(request, tiny_text_model, tiny_wav2vec2_model):
     torch.manual_seed(0)
-    section, inputs, length = tiny_case(request.param, tiny_text_model)
+    section, inputs, length = tiny_case(request.param, tiny_text_model, tiny_wav2vec2_model)
     return request.param, encoders.build(section), inputs, length
 
 
@@ -79,6 +87,10 @@ def test_masked_and_padded_inputs_do_not_change_valid_outputs(case):
         elif name == "vggish":
             scrambled["log_mel"][2] = 1e3 * torch.randn(80, 32)
             scrambled["log_mel"][1, 40:] = 1e3 * torch.randn(40, 32)
+        elif name in ("whisper", "hf_audio"):
+            samples = scrambled["waveform"].shape[1]
+            scrambled["waveform"][2] = 1e3 * torch.randn(samples)
+            scrambled["waveform"][1, samples // 2:] = 1e3 * torch.randn(samples - samples // 2)
         else:
             scrambled["frames"][2] = torch.randint(0, 256, scrambled["frames"][2].shape, dtype=torch.uint8)
         out = encoder(scrambled)
