@@ -15,6 +15,7 @@ from torch.utils.data import Dataset
 
 from pipeline.cache import CacheSplit
 from pipeline.dialogues import dialogue_of, positions
+from pipeline.features import WAVEFORM_SCALE
 from pipeline.config import MODALITIES
 from pipeline.labels import EMOTIONS, POLARITY, REGRESSION, SENTIMENTS
 
@@ -28,8 +29,8 @@ class MeldDataset(Dataset):
     ``modalities``: the subset of the cache's modalities to read (default: all of them).
     Item: ``{"id": str, "labels": {"emotion": int, "sentiment": int, "regression":
     Float[K]}, <modality>: {..., "present": bool}}`` with ``text`` {input_ids Long[L],
-    attention_mask Long[L]}, ``audio`` {log_mel Float[T, n_mels]}, ``video`` {frames
-    Uint8[N, 3, H, W]}.
+    attention_mask Long[L]}, ``audio`` {log_mel Float[T, n_mels], and waveform Float[S] in
+    [-1, 1] when the cache stores it}, ``video`` {frames Uint8[N, 3, H, W]}.
     """
 
     def __init__(self, split_dir: str | Path, modalities: Sequence[str] | None = None) -> None:
@@ -90,6 +91,9 @@ def make_item(id_: str, arrays: Mapping[str, np.ndarray], present: Collection[st
         log_mel = (torch.from_numpy(arrays["log_mel"]).float() if "audio" in present
                    else torch.zeros(0, preprocess["audio"]["n_mels"]))
         item["audio"] = {"log_mel": log_mel, "present": "audio" in present}
+        if preprocess["audio"].get("waveform"):  # absent in caches made before the option
+            item["audio"]["waveform"] = (torch.from_numpy(arrays["waveform"]).float() / WAVEFORM_SCALE
+                                         if "audio" in present else torch.zeros(0))
     if "video" in modalities:
         video = preprocess["video"]
         frames = (torch.from_numpy(arrays["frames"]).permute(0, 3, 1, 2) if "video" in present
@@ -112,7 +116,8 @@ def collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
     longest in the batch (log-mel to at least MIN_AUDIO_FRAMES), masks True where present.
 
     text  {input_ids Long[B,L], attention_mask Long[B,L], mask Bool[B]}
-    audio {log_mel Float[B,T,n_mels], lengths Long[B], mask Bool[B]}
+    audio {log_mel Float[B,T,n_mels], lengths Long[B] (frames), mask Bool[B]; and where the
+           cache stores it waveform Float[B,S] (16 kHz), waveform_lengths Long[B] (samples)}
     video {frames Uint8[B,N,3,H,W], mask Bool[B]}
     labels {emotion Long[B], sentiment Long[B], regression Float[B,K]}
     dialogue {index Long[B], turn Long[B], speaker Long[B]}  (when the items carry ``dialogue``)
@@ -128,25 +133,29 @@ def collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
     }
     if "dialogue" in items[0]:
         batch["dialogue"] = positions([item["dialogue"] for item in items])
-    for modality in MODALITIES:
-        if modality in items[0] and "embedding" in items[0][modality]:  # vectors of pipeline.embed
-            entries = [item.pop(modality) for item in items]
-            batch[modality] = {"embedding": torch.stack([entry["embedding"] for entry in entries]),
-                               "mask": torch.tensor([entry["present"] for entry in entries], dtype=torch.bool)}
-    if "text" in items[0]:
+    embedded = {m for m in MODALITIES if m in items[0] and "embedding" in items[0][m]}  # vectors of pipeline.embed
+    for modality in sorted(embedded):
+        entries = [item[modality] for item in items]
+        batch[modality] = {"embedding": torch.stack([entry["embedding"] for entry in entries]),
+                           "mask": torch.tensor([entry["present"] for entry in entries], dtype=torch.bool)}
+    if "text" in items[0] and "text" not in embedded:
         texts = [item["text"] for item in items]
         length = max(1, max(len(text["input_ids"]) for text in texts))
         batch["text"] = {"input_ids": pad_stack([t["input_ids"] for t in texts], length),
                          "attention_mask": pad_stack([t["attention_mask"] for t in texts], length),
                          "mask": torch.tensor([t["present"] for t in texts], dtype=torch.bool)}
-    if "audio" in items[0]:
+    if "audio" in items[0] and "audio" not in embedded:
         audios = [item["audio"] for item in items]
         lengths = torch.tensor([len(audio["log_mel"]) for audio in audios], dtype=torch.long)
         length = max(MIN_AUDIO_FRAMES, int(lengths.max()))
         batch["audio"] = {"log_mel": pad_stack([audio["log_mel"] for audio in audios], length),
                           "lengths": lengths,
                           "mask": torch.tensor([audio["present"] for audio in audios], dtype=torch.bool)}
-    if "video" in items[0]:
+        if "waveform" in audios[0]:
+            samples = torch.tensor([len(audio["waveform"]) for audio in audios], dtype=torch.long)
+            batch["audio"]["waveform"] = pad_stack([audio["waveform"] for audio in audios], max(1, int(samples.max())))
+            batch["audio"]["waveform_lengths"] = samples
+    if "video" in items[0] and "video" not in embedded:
         videos = [item["video"] for item in items]
         batch["video"] = {"frames": torch.stack([video["frames"] for video in videos]),
                           "mask": torch.tensor([video["present"] for video in videos], dtype=torch.bool)}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -168,3 +169,38 @@ def test_training_refuses_vectors_of_other_encoders(tiny_meld_cache, quiet_text_
                     f"output_dir={tmp_path / 'run'}", f"data.embeddings_dir={tmp_path / 'emb'}"])
     message = capsys.readouterr().err  # pipeline.train logs to stderr
     assert "encoders.text.pooling: 'mean' -> 'cls'" in message and not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_a_run_on_vectors_resumes_after_a_kill_and_keeps_the_encoders_out_of_last_pt(
+        tiny_meld_cache, quiet_text_model, tmp_path):
+    """last.pt of a run on vectors leaves out the frozen encoder (rebuilt and checked on every
+    start); best.pt keeps it. A SIGKILL in epoch 2 of 3, then resume: the uninterrupted run's
+    metrics and weights."""
+    from tests.pipeline.test_train import HARNESS, run, without_timings
+
+    common = ["--config", CONFIG, *text_overrides(tiny_meld_cache, quiet_text_model, "train.epochs=3",
+                                                  "train.batch_size=4", "data.num_workers=0",
+                                                  "model.context.type=gru", "train.early_stopping_patience=0",
+                                                  "train.ema_decay=0.8")]
+    assert embed.main(["--cache", tiny_meld_cache["cache_dir"], "--out", str(tmp_path / "emb"), "--device", "cpu",
+                       *common]) == 0
+    common.append(f"data.embeddings_dir={tmp_path / 'emb'}")
+    whole = run([sys.executable, "-m", "pipeline.train", *common, f"output_dir={tmp_path / 'whole'}"])
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    last = torch.load(tmp_path / "whole" / "last.pt", weights_only=True)
+    best = torch.load(tmp_path / "whole" / "best.pt", weights_only=True)
+    assert not any(key.startswith("encoders.") for key in (*last["model"], *last["training_model"]))
+    assert any(key.startswith("encoders.text.") for key in best["model"])
+    killed = run([sys.executable, str(HARNESS), "--kill-at", "1:2", "--", *common,
+                  f"output_dir={tmp_path / 'resumed'}"])
+    assert killed.returncode == -9
+    resumed = run([sys.executable, "-m", "pipeline.train", *common, f"output_dir={tmp_path / 'resumed'}",
+                   "train.resume=true"])
+    assert resumed.returncode == 0 and "resumed from" in resumed.stderr, resumed.stderr[-3000:]
+    metrics = [without_timings(json.loads((tmp_path / name / "metrics.json").read_text()))
+               for name in ("whole", "resumed")]
+    assert metrics[0] == metrics[1]
+    states = [torch.load(tmp_path / name / "best.pt", weights_only=True)["model"] for name in ("whole", "resumed")]
+    for key, value in states[0].items():
+        torch.testing.assert_close(states[1][key], value, rtol=0, atol=0)
