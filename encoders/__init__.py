@@ -21,6 +21,13 @@ def register(name: str) -> Callable[[type], type]:
     return add
 
 
+def waveform_lengths(inputs: Mapping[str, Any]) -> Any:
+    """Valid samples per clip, Long[B], of the waveform inputs of an audio encoder: their
+    ``waveform_lengths``, the name a batch that also holds a log-mel (whose ``lengths`` count
+    frames) gives them, else their ``lengths``."""
+    return inputs["waveform_lengths"] if "waveform_lengths" in inputs else inputs["lengths"]
+
+
 def build(section: Mapping[str, Any], load_weights: bool = True) -> nn.Module:
     """Build the encoder of a config section ``{"type": name, **fields}``.
 

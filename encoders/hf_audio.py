@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from encoders import register
+from encoders import register, waveform_lengths
 
 SAMPLE_RATE = 16_000
 # Training-time noise that would leave parameters without gradients in a step (layers
@@ -60,10 +60,14 @@ class HFAudioEncoder(nn.Module):
     """Hugging Face speech encoder over the waveform.
 
     Input ``{"waveform": Float[B,S] (16 kHz mono), "lengths": Long[B] (valid samples),
-    "mask": Bool[B] (clip present)}``; output ``sequence`` [B,L,D] (the last hidden states,
-    one per 20 ms for wav2vec2-style strides, L from S), ``sequence_mask`` [B,L] (frames
-    inside a present clip) and ``pooled`` [B,D], the mean over valid frames.
+    "mask": Bool[B] (clip present)}`` (``waveform_lengths`` instead of ``lengths`` where a
+    batch also holds a log-mel, see :func:`encoders.waveform_lengths`); output ``sequence``
+    [B,L,D] (the last hidden states, one per 20 ms for wav2vec2-style strides, L from S),
+    ``sequence_mask`` [B,L] (frames inside a present clip) and ``pooled`` [B,D], the mean
+    over valid frames.
     """
+
+    reads_waveform = True  # the cache must store the waveform (preprocess.audio.waveform)
 
     @dataclass
     class Config:
@@ -156,7 +160,7 @@ class HFAudioEncoder(nn.Module):
             waveform = nn.functional.pad(waveform, (0, self.min_samples - waveform.shape[1]))
         present = inputs.get("mask", torch.ones(batch, dtype=torch.bool, device=waveform.device))
         # A clip shorter than the receptive field is read with silence up to it (one frame).
-        lengths = inputs["lengths"].clamp(min=self.min_samples, max=waveform.shape[1])
+        lengths = waveform_lengths(inputs).clamp(min=self.min_samples, max=waveform.shape[1])
         values = self.prepare(waveform, lengths)
         frames = self.model._get_feat_extract_output_lengths(lengths).long()
         length = int(self.model._get_feat_extract_output_lengths(torch.tensor(waveform.shape[1])))

@@ -18,7 +18,7 @@ import torch
 import torchaudio
 from torch import nn
 
-from encoders import register
+from encoders import register, waveform_lengths
 from encoders.ctranslate2 import read_model
 from encoders.models_home import ModelNotInstalledError, canonical_name, fetch_command, require_model
 from encoders.weights import WeightsError, load_matching
@@ -79,10 +79,14 @@ class WhisperAudioEncoder(nn.Module):
     """Whisper's encoder over the waveform.
 
     Input ``{"waveform": Float[B,S] (16 kHz mono), "lengths": Long[B] (valid samples),
-    "mask": Bool[B] (clip present)}``; only the first 30 s of a clip are encoded. Output
-    ``sequence`` [B,L,D] (one vector per 20 ms, L = ceil(S / 320)), ``sequence_mask`` [B,L]
-    (positions inside a present clip) and ``pooled`` [B,D], the mean over valid positions.
+    "mask": Bool[B] (clip present)}`` (``waveform_lengths`` instead of ``lengths`` where a
+    batch also holds a log-mel, see :func:`encoders.waveform_lengths`); only the first 30 s
+    of a clip are encoded. Output ``sequence`` [B,L,D] (one vector per 20 ms, L = ceil(S / 320)),
+    ``sequence_mask`` [B,L] (positions inside a present clip) and ``pooled`` [B,D], the mean
+    over valid positions.
     """
+
+    reads_waveform = True  # the cache must store the waveform (preprocess.audio.waveform)
 
     @dataclass
     class Config:
@@ -182,7 +186,7 @@ class WhisperAudioEncoder(nn.Module):
         waveform = inputs["waveform"][:, :MAX_SAMPLES]
         if waveform.shape[1] == 0:
             waveform = waveform.new_zeros(waveform.shape[0], 1)
-        lengths = inputs["lengths"].clamp(max=waveform.shape[1])
+        lengths = waveform_lengths(inputs).clamp(max=waveform.shape[1])
         present = inputs.get("mask", torch.ones(len(waveform), dtype=torch.bool, device=waveform.device))
         features, frames = self.log_mel(waveform, lengths)
         sequence = self.encode(features, frames)

@@ -5,9 +5,12 @@ Layout of ``OUT_DIR/<split>/``::
     meta.json        {"format", "version", "split", "preprocess": {...}, "key": sha256}
     ids.json         every id the split expects (CSV rows, then unlabelled clips), in order
     items/<id>.npz   the arrays of an ok sample (np.savez, no pickles): input_ids int32[L],
-                     attention_mask int8[L], log_mel float32[T,n_mels], frames uint8[N,H,W,3]
-                     (only the present modalities' arrays)
-    status/<id>.json the manifest row of a finished id (ok or skipped, with its reason)
+                     attention_mask int8[L], log_mel float32[T,n_mels], waveform int16[S]
+                     (with audio.waveform), frames uint8[N,H,W,3] (only the present
+                     modalities' arrays)
+    status/<id>.json the manifest row of a finished id (ok or skipped, with its reason, and
+                     the ``source`` preprocessing compares to redo an entry whose CSV row or
+                     clip changed)
     manifest.jsonl   all manifest rows in ids.json order, written once every id has a status
 
 Every file is written to a temporary name and renamed into place, and a sample's status is
@@ -46,9 +49,23 @@ class DamagedEntryError(ValueError):
 # --------------------------------------------------------------------------- parameters
 def params_key(preprocess: Mapping[str, Any]) -> str:
     """sha256 of the canonical JSON of the preprocessing parameters (and the cache format)."""
-    canonical = json.dumps({"format": FORMAT, "version": VERSION, "preprocess": preprocess},
+    canonical = json.dumps({"format": FORMAT, "version": VERSION, "preprocess": key_params(preprocess)},
                            sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def key_params(preprocess: Mapping[str, Any]) -> dict[str, Any]:
+    """The parameters as the key reads them. A parameter added after caches were first made,
+    at the value that reproduces those caches, is written as they wrote it: ``audio.waveform``
+    false is left out, ``video.face_crop`` none / opencv is the boolean false / true it once
+    was. So a cache made before either existed keeps its key."""
+    params = json.loads(json.dumps(preprocess))
+    audio, video = params.get("audio"), params.get("video")
+    if isinstance(audio, dict) and audio.get("waveform") is False:
+        del audio["waveform"]
+    if isinstance(video, dict) and video.get("face_crop") in ("none", "opencv"):
+        video["face_crop"] = video["face_crop"] == "opencv"
+    return params
 
 
 def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -65,7 +82,7 @@ def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def param_differences(cached: Mapping[str, Any], wanted: Mapping[str, Any]) -> list[str]:
     """One line "key: cache has X, wanted Y" per dotted key whose value differs."""
-    old, new = flatten(cached), flatten(wanted)
+    old, new = flatten(key_params(cached)), flatten(key_params(wanted))
 
     def shown(flat: dict[str, Any], key: str) -> str:
         return repr(flat[key]) if key in flat else "(absent)"
@@ -148,6 +165,22 @@ def write_entry(split_dir: str | Path, row: Mapping[str, Any],
     if arrays:
         write_atomic(split_dir / "items" / f"{row['id']}.npz", lambda file: np.savez(file, **arrays))
     write_json(split_dir / "status" / f"{row['id']}.json", dict(row))
+
+
+def read_records(split_dir: str | Path, ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """The status records of those ``ids`` that have one."""
+    split_dir, done = Path(split_dir), done_ids(split_dir)
+    return {id_: read_json(split_dir / "status" / f"{id_}.json") for id_ in ids if id_ in done}
+
+
+def forget_entries(split_dir: str | Path, ids: Iterable[str]) -> None:
+    """Remove the entries of ``ids`` (status record, then arrays) and the manifest, which no
+    longer describes the split: they are about to be made again."""
+    split_dir = Path(split_dir)
+    (split_dir / "manifest.jsonl").unlink(missing_ok=True)
+    for id_ in ids:
+        (split_dir / "status" / f"{id_}.json").unlink(missing_ok=True)
+        (split_dir / "items" / f"{id_}.npz").unlink(missing_ok=True)
 
 
 def merge_split(split_dir: str | Path) -> list[str]:

@@ -10,7 +10,9 @@ default filled in, so the resolved config written to a run folder is complete.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
+import reprlib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -20,6 +22,7 @@ from typing import Any, Literal, Mapping, Sequence
 import yaml
 
 MODALITIES = ("audio", "text", "video")
+FACE_DETECTORS = ("none", "opencv", "mtcnn")
 DEFAULT_TEXT_MODEL = "all-MiniLM-L6-v2"
 
 
@@ -76,6 +79,9 @@ class AudioFeatures:
     fmax: float = 7500.0
     log_offset: float = 0.01
     max_seconds: float = 10.0
+    # Also store the waveform itself (int16, the first max_seconds), which the encoders of
+    # type whisper and hf_audio read; off by default, as it adds 32 kB per second of audio.
+    waveform: bool = False
 
     def __post_init__(self) -> None:
         require(self.sample_rate > 0, "sample_rate", f"must be > 0, got {self.sample_rate}")
@@ -93,11 +99,18 @@ class VideoFeatures:
 
     num_frames: int = 8
     size: int = 224
-    face_crop: bool = False
+    # Square crop around the largest face of each frame, the centre crop where none is found:
+    # none | opencv (OpenCV's bundled Haar cascade) | mtcnn (python -m pipeline.fetch mtcnn).
+    # The boolean of older configs still reads: true = opencv, false = none.
+    face_crop: bool | Literal["none", "opencv", "mtcnn"] = "none"
 
     def __post_init__(self) -> None:
         require(self.num_frames >= 1, "num_frames", f"must be >= 1, got {self.num_frames}")
         require(self.size >= 16, "size", f"must be >= 16, got {self.size}")
+        if isinstance(self.face_crop, bool):
+            self.face_crop = "opencv" if self.face_crop else "none"
+        require(self.face_crop in FACE_DETECTORS, "face_crop",
+                f"{self.face_crop!r} is not one of {list(FACE_DETECTORS)}")
 
 
 @dataclass
@@ -226,6 +239,8 @@ class TrainConfig:
         require(0 <= self.token_mask_samples <= 1, "token_mask_samples", "must be in [0, 1]")
         require(self.log_every >= 1, "log_every", "must be >= 1")
         require(self.dist_timeout_minutes > 0, "dist_timeout_minutes", "must be > 0")
+        require(re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device) is not None, "device",
+                f"must be auto, cpu, cuda or cuda:N, got {self.device!r}")
 
 
 @dataclass
@@ -260,6 +275,16 @@ def from_dict(cls: type, raw: Mapping[str, Any], path: str = "") -> Any:
         raise ConfigError(f"{path + '.' if path else ''}{err}") from None
 
 
+_BRIEF = reprlib.Repr()
+_BRIEF.maxlevel, _BRIEF.maxlist, _BRIEF.maxdict, _BRIEF.maxstring, _BRIEF.maxother = 2, 4, 4, 80, 80
+
+
+def brief(value: Any) -> str:
+    """A bounded repr for messages: a YAML of nested aliases expands to billions of items,
+    which a plain repr would print (minutes, gigabytes)."""
+    return _BRIEF.repr(value)
+
+
 def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
 
@@ -272,7 +297,7 @@ def _check_type(hint: Any, value: Any, path: str) -> Any:
     if origin is Literal:
         choices = typing.get_args(hint)
         if value not in choices:
-            raise ConfigError(f"{path}: {value!r} is not one of {list(choices)}")
+            raise ConfigError(f"{path}: {brief(value)} is not one of {list(choices)}")
         return value
     if origin in (typing.Union, types.UnionType):
         errors = []
@@ -284,26 +309,28 @@ def _check_type(hint: Any, value: Any, path: str) -> Any:
         raise ConfigError(errors[-1])
     if origin is list:
         if not isinstance(value, list):
-            raise ConfigError(f"{path}: expected a list, got {type(value).__name__} {value!r}")
+            raise ConfigError(f"{path}: expected a list, got {type(value).__name__} {brief(value)}")
         (item,) = typing.get_args(hint)
         return [_check_type(item, v, f"{path}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, Mapping):
-            raise ConfigError(f"{path}: expected a mapping, got {type(value).__name__} {value!r}")
+            raise ConfigError(f"{path}: expected a mapping, got {type(value).__name__} {brief(value)}")
         _, item = typing.get_args(hint)
         return {k: _check_type(item, v, _join(path, str(k))) for k, v in value.items()}
     if hint is Any or hint is dict:
         return value
     if hint is type(None):
         if value is not None:
-            raise ConfigError(f"{path}: expected null, got {value!r}")
+            raise ConfigError(f"{path}: expected null, got {brief(value)}")
         return value
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if hint in (int, float) and isinstance(value, bool):
-        raise ConfigError(f"{path}: expected {hint.__name__}, got bool {value!r}")
+        raise ConfigError(f"{path}: expected {hint.__name__}, got bool {brief(value)}")
     if not isinstance(value, hint):
-        raise ConfigError(f"{path}: expected {hint.__name__}, got {type(value).__name__} {value!r}")
+        raise ConfigError(f"{path}: expected {hint.__name__}, got {type(value).__name__} {brief(value)}")
+    if isinstance(value, float) and not math.isfinite(value):  # YAML's .inf / .nan: no key means them
+        raise ConfigError(f"{path}: must be a finite number, got {brief(value)}")
     return value
 
 
@@ -417,6 +444,14 @@ def resolve_components(cfg: Config) -> Config:
 
 def check_combinations(cfg: Config) -> None:
     """Settings that are valid alone but cannot work together."""
+    import encoders
+
+    audio = cfg.model.encoders.get("audio")
+    if "audio" in cfg.model.modalities and audio is not None:
+        reads_waveform = getattr(encoders.ENCODERS[audio["type"]], "reads_waveform", False)
+        require(not reads_waveform or cfg.preprocess.audio.waveform, "model.encoders.audio.type",
+                f"{audio['type']} reads the waveform, which the cache holds only when it is made with "
+                "preprocess.audio.waveform=true: set that (and preprocess into a new cache folder)")
     dialogues = cfg.model.context["type"] != "none"
     require(not (dialogues and cfg.data.balanced_sampler), "data.balanced_sampler",
             "cannot be combined with a dialogue model (model.context), whose batches are whole dialogues; "

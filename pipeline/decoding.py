@@ -3,10 +3,7 @@ dialogue), decoded by long-lived worker processes through a bounded window, and 
 runs that the model predicts as batches."""
 from __future__ import annotations
 
-import collections
-import itertools
 import logging
-import multiprocessing
 import os
 import traceback
 from dataclasses import dataclass
@@ -20,6 +17,7 @@ from pipeline.dialogues import group_dialogues
 from pipeline.features import Utterance, extract_features, single_threaded_process
 from pipeline.media import ClipError
 from pipeline.transcripts import TranscriptTable, read_sidecar
+from pipeline.workers import Lost, WorkerPool
 
 logger = logging.getLogger("pipeline.infer")
 
@@ -106,7 +104,8 @@ def decode_job(job: Job) -> Decoded:
 
 
 class DecodePool:
-    """Decodes jobs in ``workers`` long-lived processes (0: in this process), yielding results
+    """Decodes jobs in ``workers`` long-lived processes (0: in this process; see
+    ``pipeline.workers``: a worker that dies costs only the clip it held), yielding results
     in input order while at most ``lookahead`` jobs are in flight, so memory stays bounded
     when the model is slower than decoding. ``start()`` it, then use it as a context manager:
     the worker processes live until the ``with`` block ends."""
@@ -123,8 +122,7 @@ class DecodePool:
         self.local = ClipDecoder(self.preprocess)
         if self.workers > 0:
             os.environ["TOKENIZERS_PARALLELISM"] = "false"  # the tokenizer is used across a fork
-            self.pool = multiprocessing.Pool(self.workers, initializer=init_decoder,
-                                             initargs=(self.preprocess,))
+            self.pool = WorkerPool(self.workers, init_decoder, (self.preprocess,), decode_job).start()
         return self
 
     def __enter__(self) -> "DecodePool":
@@ -133,7 +131,6 @@ class DecodePool:
     def __exit__(self, *exc_info: Any) -> None:
         if self.pool is not None:
             self.pool.terminate()
-            self.pool.join()
 
     def imap(self, jobs: Iterable[Job]) -> Iterator[tuple[Decoded, bool]]:
         """``(decoded, next_ready)`` for each job in the order of ``jobs``; ``next_ready`` says
@@ -141,13 +138,9 @@ class DecodePool:
         if self.pool is None:
             yield from ((decoded, True) for decoded in map(self.local, jobs))
             return
-        pending = iter(jobs)
-        window = collections.deque(self.pool.apply_async(decode_job, (job,))
-                                   for job in itertools.islice(pending, self.lookahead))
-        while window:
-            decoded = window.popleft().get()
-            window.extend(self.pool.apply_async(decode_job, (job,)) for job in itertools.islice(pending, 1))
-            yield decoded, not window or window[0].ready()
+        for job, outcome, next_ready in self.pool.imap(jobs, self.lookahead):
+            # a worker killed on this clip (e.g. by the out-of-memory killer): an error row, the run goes on
+            yield (Decoded(job, None, [], outcome.reason) if isinstance(outcome, Lost) else outcome), next_ready
 
 
 def batches(decoded: Iterable[tuple[Decoded, bool]], batch_size: int) -> Iterator[list[Decoded]]:

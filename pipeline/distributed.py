@@ -13,13 +13,15 @@ import logging
 import os
 import random
 from datetime import timedelta
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
 log = logging.getLogger(__name__)
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+T = TypeVar("T")
 
 
 def is_distributed() -> bool:
@@ -100,6 +102,32 @@ def save_on_main(obj: Any, path: str | os.PathLike) -> None:
     os.replace(tmp, path)
 
 
+def from_main(read: Callable[[], T]) -> T:
+    """``read()`` on rank 0 and its result on every rank (or the exception it raised, raised
+    on every rank). For what rank 0 alone writes (``output_dir``): the other ranks may run
+    on machines that do not share its filesystem, so they never read those files themselves."""
+    if not is_distributed():
+        return read()
+    payload: list[Any] = [None]
+    if is_main_process():
+        try:
+            payload[0] = (True, read())
+        except Exception as err:  # every rank raises it, so no rank waits on the others
+            payload[0] = (False, err)
+    dist.broadcast_object_list(payload, src=0)
+    ok, value = payload[0]
+    if not ok:
+        raise value
+    return value
+
+
+def broadcast_state(module: torch.nn.Module) -> None:
+    """Copy rank 0's parameters and buffers into ``module`` on every rank, in place."""
+    if is_distributed():
+        for tensor in module.state_dict().values():
+            dist.broadcast(tensor, src=0)
+
+
 def all_gather_objects(obj: Any) -> list[Any]:
     """Every rank's ``obj`` (picklable), in rank order; ``[obj]`` without a process group."""
     if not is_distributed():
@@ -126,8 +154,14 @@ def reduce_mean(value: float, device: torch.device) -> float:
     return tensor.item() / get_world_size()
 
 
+def setup_cli_logging() -> None:
+    """INFO to stderr for a command-line tool, unless the caller (a test, a notebook, another
+    tool) has configured logging already."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+
+
 def setup_logging() -> None:
     """INFO on rank 0, WARNING elsewhere, so one rank speaks for the job."""
     level = logging.INFO if int(os.environ.get("RANK", 0)) == 0 else logging.WARNING
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        force=True)
+    logging.basicConfig(level=level, format=LOG_FORMAT, force=True)

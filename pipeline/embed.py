@@ -31,7 +31,7 @@ from encoders.weights import WeightsError
 from pipeline.cache import CacheMismatchError, CacheSplit, read_json, write_json
 from pipeline.config import Config, ConfigError, config_from_dict, load_config, to_dict
 from pipeline.data import MeldDataset, collate
-from pipeline.distributed import pick_device
+from pipeline.distributed import pick_device, setup_cli_logging
 from pipeline.embeddings import FORMAT, VERSION, check_key, embedding_key
 from pipeline.execution import to_device
 from pipeline.model import CheckpointError, MultimodalModel, build_model, load_checkpoint
@@ -147,8 +147,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_cli_logging()
     args = parse_args(argv)
     try:
         cfg, model, source = load_source(args)

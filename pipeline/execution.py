@@ -20,11 +20,14 @@ def to_device(batch: Any, device: torch.device) -> Any:
 
 
 def amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype: ``auto`` is bf16 on GPUs that support it, else fp16, and off on the CPU."""
+    """Autocast dtype: ``auto`` is bf16 on GPUs that compute it natively (compute capability
+    8.0 and up), else fp16 (with a GradScaler), and off on the CPU."""
     if setting == "off" or (setting == "auto" and device.type != "cuda"):
         return None
     if setting == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        # Without including_emulation=False, V100s and T4s count as bf16 GPUs: they emulate it, slowly.
+        native = torch.cuda.is_bf16_supported(including_emulation=False)
+        return torch.bfloat16 if native else torch.float16
     if setting == "fp16" and device.type != "cuda":
         raise ConfigError("train.amp: fp16 needs a CUDA device; use bf16 or off on the CPU")
     return torch.bfloat16 if setting == "bf16" else torch.float16

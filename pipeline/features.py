@@ -5,6 +5,8 @@
     input_ids       int32[L]          tokens of "Speaker: utterance" [+ dialogue context]
     attention_mask  int8[L]
     log_mel         float32[T, n_mels] VGGish frontend on 16 kHz mono, T <= 100 * max_seconds
+    waveform        int16[S]           (audio.waveform only) the 16 kHz mono samples times
+                                       WAVEFORM_SCALE, S <= sample_rate * max_seconds
     frames          uint8[N, H, W, 3]  N = num_frames, H = W = size, RGB
 
 and the modalities present (sorted). A clip without an audio (video) stream simply has no
@@ -31,6 +33,9 @@ from pipeline.media import ClipError, load_clip
 CP1252_UNASSIGNED = (0x81, 0x8D, 0x8F, 0x90, 0x9D)
 CP1252_REPAIR = {code: bytes([code]).decode("cp1252")
                  for code in range(0x80, 0xA0) if code not in CP1252_UNASSIGNED}
+# The cached waveform is 16-bit PCM: float samples in [-1, 1] times this, rounded. Half the
+# size of float32 and exact to 1.5e-5, below the noise floor of MELD's AAC audio.
+WAVEFORM_SCALE = 32767
 
 
 @dataclass(frozen=True)
@@ -132,15 +137,25 @@ def log_mel(waveform: np.ndarray | torch.Tensor, audio_cfg: AudioFeatures) -> np
     return torch.log(mel + audio_cfg.log_offset).T.contiguous().numpy()
 
 
+def pcm16(waveform: np.ndarray, audio_cfg: AudioFeatures) -> np.ndarray:
+    """The waveform as the cache stores it: float[S] -> int16[S'], S' = S capped at
+    ``max_seconds``, samples clipped to [-1, 1] and scaled by WAVEFORM_SCALE."""
+    samples = np.asarray(waveform, dtype=np.float32)[: int(audio_cfg.max_seconds * audio_cfg.sample_rate)]
+    return np.round(np.clip(samples, -1.0, 1.0) * WAVEFORM_SCALE).astype(np.int16)
+
+
 # --------------------------------------------------------------------------- one sample
 def extract_features(clip_path: str | os.PathLike | None, text: str | Utterance | None,
-                     pcfg: PreprocessConfig, tokenizer: Any) -> tuple[dict[str, np.ndarray], list[str]]:
+                     pcfg: PreprocessConfig, tokenizer: Any,
+                     notes: dict[str, Any] | None = None) -> tuple[dict[str, np.ndarray], list[str]]:
     """All features of one sample for the modalities in ``pcfg.modalities``.
 
     ``clip_path`` None: no audio or video (e.g. a text-only cache); ``text`` None: no text.
-    ``tokenizer`` is only used when text is wanted. Returns (arrays as listed in the module
-    docstring, sorted present modalities). Raises ClipError for a missing, empty or
-    unreadable clip, one with neither stream, or a sample left with no modality at all.
+    ``tokenizer`` is only used when text is wanted. ``notes``, when given, receives what the
+    manifest row records about the clip: ``face_frames``, how many sampled frames showed a
+    face (with ``video.face_crop`` on). Returns (arrays as listed in the module docstring,
+    sorted present modalities). Raises ClipError for a missing, empty or unreadable clip,
+    one with neither stream, or a sample left with no modality at all.
     """
     arrays: dict[str, np.ndarray] = {}
     modalities: list[str] = []
@@ -155,10 +170,18 @@ def extract_features(clip_path: str | os.PathLike | None, text: str | Utterance 
         clip = load_clip(clip_path, pcfg.audio if want_audio else None, pcfg.video if want_video else None)
         if clip.waveform is not None:
             arrays["log_mel"] = log_mel(clip.waveform, pcfg.audio)
+            if pcfg.audio.waveform:
+                arrays["waveform"] = pcm16(clip.waveform, pcfg.audio)
             modalities.append("audio")
         if clip.frames is not None:
             arrays["frames"] = clip.frames
             modalities.append("video")
+        if notes is not None and clip.face_frames is not None:
+            notes["face_frames"] = clip.face_frames
+    non_finite = [name for name, array in arrays.items() if array.dtype.kind == "f" and not np.isfinite(array).all()]
+    if non_finite:  # e.g. NaN samples in a float audio stream: never written, never trained on
+        raise ClipError(clip_path if clip_path is not None else "<no input>",
+                        f"non-finite values (NaN or inf) in {', '.join(non_finite)}")
     if not modalities:
         raise ClipError(clip_path if clip_path is not None else "<no input>",
                         f"none of the modalities {pcfg.modalities} is available")

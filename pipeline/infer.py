@@ -28,7 +28,10 @@ Output: one row per clip in input order, ``status`` "ok" or "error" (a missing, 
 unreadable clip, with the reason; the run goes on and exits 0). JSON lines by default, CSV
 when ``--out`` ends with ``.csv``. Rows are streamed to ``OUT.partial`` as batches finish
 and the file is renamed to ``OUT`` at the end: a reader never mistakes a killed run's output
-for a complete one, and the partial file still holds every row done so far.
+for a complete one, and the partial file still holds every row done so far. Before any work,
+an ``--out`` that is one of the run's inputs (a clip, a sidecar, the checkpoint, the
+transcripts, the list; links resolved) or a directory is refused, and ``OUT.partial`` is
+locked (``fcntl.flock``): a second run with the same ``--out`` is refused while one writes.
 
 Decoding runs in a pool of long-lived worker processes (each loads the tokenizer once) fed
 through a bounded window of clips in input order, while this process batches the decoded
@@ -42,6 +45,7 @@ from __future__ import annotations
 import argparse
 import collections
 import csv
+import fcntl
 import glob
 import json
 import logging
@@ -61,11 +65,11 @@ from pipeline import meld
 from pipeline.config import ConfigError, PreprocessConfig, config_from_dict, from_dict
 from pipeline.data import collate, labels_of, make_item
 from pipeline.decoding import DecodePool, Decoded, Job, batches, dialogue_batches, in_dialogue_order, make_jobs
-from pipeline.distributed import pick_device
+from pipeline.distributed import pick_device, setup_cli_logging
 from pipeline.execution import amp_dtype, autocast, to_device
 from pipeline.metrics import classification_metrics
 from pipeline.model import CheckpointError, MultimodalModel, load_checkpoint
-from pipeline.transcripts import InputError, read_transcripts
+from pipeline.transcripts import SIDECAR_EXTENSIONS, InputError, read_transcripts
 
 logger = logging.getLogger(__name__)
 
@@ -150,6 +154,11 @@ class Predictor:
             if d.error is not None:
                 rows.append(error_row(d.job, d.error))
                 continue
+            finite = all(np.isfinite(outputs[name][position]).all() for name in outputs)
+            if not finite:  # a JSON row holds no NaN, and a NaN guess is no prediction
+                rows.append(error_row(d.job, "non-finite model output (NaN or inf)"))
+                position += 1
+                continue
             row = {"clip": d.job.clip, "id": d.job.id, "status": "ok", "error": None,
                    "modalities": [m for m in d.modalities if m in self.modalities]}
             for task in TASKS:
@@ -166,6 +175,15 @@ class Predictor:
         return rows
 
 
+def check_finite_weights(ckpt: Mapping[str, Any], path: Path) -> None:
+    """Refuse a checkpoint whose weights hold NaN or inf: every prediction would be NaN."""
+    bad = [name for name, tensor in ckpt["model"].items()
+           if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+    if bad:
+        raise CheckpointError(f"{path} holds non-finite weights (NaN or inf) in {len(bad)} tensors, e.g. "
+                              f"{', '.join(bad[:3])}: the run that wrote it diverged; use an earlier checkpoint")
+
+
 def error_row(job: Job, reason: str) -> dict[str, Any]:
     return {"clip": job.clip, "id": job.id, "status": "error", "error": reason, "modalities": [],
             "emotion": None, "emotion_probs": None, "sentiment": None, "sentiment_probs": None,
@@ -173,14 +191,59 @@ def error_row(job: Job, reason: str) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- output
+def check_output(out: Path, inputs: Iterable[Path]) -> None:
+    """Refuse an ``--out`` that would destroy an input or cannot be written, before any work:
+    a directory, a path under a file, or the same file (after resolving links; hard links
+    too) as any of ``inputs`` (clips, their sidecar transcripts, the checkpoint, the
+    transcripts, the clip list), also as ``OUT.partial``."""
+    partial = out.with_name(out.name + ".partial")
+    for path in (out, partial):
+        if path.is_dir():
+            raise InputError(f"--out {out}: {path} is a directory; give a file name such as {path / 'predictions.jsonl'}")
+    parent = next((p for p in out.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise InputError(f"--out {out}: {parent} is a file, not a folder")
+
+    def identity(path: Path) -> tuple:
+        try:
+            stat = path.stat()
+            return ("inode", stat.st_dev, stat.st_ino)
+        except OSError:
+            return ("path", os.path.realpath(path))
+
+    targets = {identity(out): out, identity(partial): partial}
+    for path in inputs:
+        if identity(path) in targets:
+            raise InputError(f"--out {out}: {targets[identity(path)]} is an input of this run ({path}); "
+                             "writing it would destroy it: choose another --out")
+
+
+def claim_partial(partial: Path) -> Any:
+    """Open ``partial`` for writing under an exclusive lock (``fcntl.flock``, released when the
+    file closes or the process dies), truncated only once the lock is held: a second run
+    with the same ``--out`` is refused instead of interleaving its rows into the first's."""
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(partial, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(descriptor)
+        raise InputError(f"--out {partial.with_name(partial.name.removesuffix('.partial'))}: another "
+                         f"pipeline.infer run is writing it ({partial} is locked); wait for it to finish "
+                         "or choose another --out") from None
+    os.ftruncate(descriptor, 0)
+    return os.fdopen(descriptor, "w", encoding="utf-8", newline="")
+
+
 class RowWriter:
-    """Writes rows as JSON lines or CSV to ``OUT.partial``, renamed to ``OUT`` by ``commit``."""
+    """Writes rows as JSON lines or CSV to ``OUT.partial`` (locked, see ``claim_partial``),
+    renamed to ``OUT`` by ``commit``. JSON is strict: a non-finite number is an error, never
+    a ``NaN`` that JSON readers reject."""
 
     def __init__(self, out: Path, labels: Mapping[str, Sequence[str]]) -> None:
         self.out = out
         self.partial = out.with_name(out.name + ".partial")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        self.file = open(self.partial, "w", encoding="utf-8", newline="")
+        self.file = claim_partial(self.partial)
         self.csv = None
         if out.suffix.lower() == ".csv":
             self.columns = (["clip", "id", "status", "error", "modalities"]
@@ -195,12 +258,17 @@ class RowWriter:
             if self.csv is not None:
                 self.csv.writerow(flatten_row(row))
             else:
-                self.file.write(json.dumps(row, ensure_ascii=False) + "\n")
+                self.file.write(json.dumps(row, ensure_ascii=False, allow_nan=False) + "\n")
         self.file.flush()
 
     def commit(self) -> None:
         self.file.close()
         os.replace(self.partial, self.out)
+
+    def abandon(self) -> None:
+        """Close and remove ``OUT.partial`` before any row was written (a run that could not start)."""
+        self.file.close()
+        self.partial.unlink(missing_ok=True)
 
     def close(self) -> None:
         """Close without committing (a failed run keeps its rows in ``OUT.partial``)."""
@@ -246,11 +314,13 @@ def model_threads(workers: int) -> int:
     return max(1, available_cores() - workers)
 
 
-def run(predictor: Predictor, jobs: Sequence[Job], pool: DecodePool, out: Path, batch_size: int) -> dict[str, Any]:
-    """Predict every job, decoded by ``pool``, and write the rows to ``out``; returns a
-    summary with counts, seconds, clips per second and, when labels were known, metrics."""
+def run(predictor: Predictor, jobs: Sequence[Job], pool: DecodePool, out: Path, batch_size: int,
+        writer: RowWriter | None = None) -> dict[str, Any]:
+    """Predict every job, decoded by ``pool``, and write the rows to ``out`` (through
+    ``writer`` when the caller already claimed it); returns a summary with counts, seconds,
+    clips per second and, when labels were known, metrics."""
     start = time.perf_counter()
-    writer = RowWriter(out, predictor.labels)
+    writer = writer if writer is not None else RowWriter(out, predictor.labels)
     truth: dict[str, list[int]] = {task: [] for task in TASKS}
     guess: dict[str, list[int]] = {task: [] for task in TASKS}
     reasons: collections.Counter[str] = collections.Counter()
@@ -292,6 +362,17 @@ def format_metrics(metrics: Mapping[str, Mapping[str, Any]]) -> str:
                      for task, m in metrics.items())
 
 
+def input_files(args: argparse.Namespace, clips: Sequence[Path]) -> list[Path]:
+    """Every file this run reads: the checkpoint, the transcripts, the clip list, the clips
+    and the sidecar transcripts next to them."""
+    files = [args.checkpoint, *clips, *(clip.with_suffix(ext) for clip in clips for ext in SIDECAR_EXTENSIONS)]
+    if args.transcripts is not None:
+        files.append(args.transcripts)
+    if Path(args.clips).is_file():
+        files.append(Path(args.clips))
+    return files
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m pipeline.infer", formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -318,8 +399,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line; returns the exit status (0 also when some clips are error rows)."""
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_cli_logging()
     args = parse_args(argv)
     try:
         device = pick_device(args.device)
@@ -327,21 +407,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         logger.error("--device %s: no CUDA device is visible; use --device cpu (or auto)", args.device)
         return 1
     try:
+        writer = None
         ckpt = load_checkpoint(args.checkpoint)
+        check_finite_weights(ckpt, args.checkpoint)
         if not isinstance(ckpt.get("preprocess"), Mapping):
             raise CheckpointError(f"{args.checkpoint} stores no preprocessing parameters (key 'preprocess')")
         pcfg = from_dict(PreprocessConfig, dict(ckpt["preprocess"]), "preprocess")
         clips = list_clips(args.clips)
+        check_output(args.out, input_files(args, clips))
         transcripts = (read_transcripts(args.transcripts, pcfg.text.context_turns)
                        if args.transcripts is not None else None)
         jobs = make_jobs(clips, transcripts)
         predictor = Predictor(ckpt, device)
+        writer = RowWriter(args.out, predictor.labels)  # locks OUT.partial before any decoding
         if predictor.model.reads_dialogues:
             jobs = in_dialogue_order(jobs)
         workers = default_workers(device) if args.workers is None else args.workers
         pool = DecodePool(predictor.preprocess, min(workers, len(jobs)),
                           default_lookahead(args.batch_size, workers)).start()
     except (CheckpointError, ConfigError, InputError, meld.MeldFormatError, OSError) as err:
+        if writer is not None:
+            writer.abandon()
         logger.error("%s", err)
         return 1
     if device.type == "cpu":
@@ -349,7 +435,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logger.info("checkpoint %s (epoch %s), %s model on %s, %d decoding workers", args.checkpoint,
                 ckpt.get("epoch"), "+".join(predictor.modalities), device, workers)
     with pool:
-        summary = run(predictor, jobs, pool, args.out, args.batch_size)
+        summary = run(predictor, jobs, pool, args.out, args.batch_size, writer)
     if summary["metrics"]:
         print("metrics over the labelled ok clips:\n" + format_metrics(summary["metrics"]))
     return 0

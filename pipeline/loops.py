@@ -4,6 +4,7 @@ over the ranks), plus the text augmentation applied to training batches."""
 from __future__ import annotations
 
 import contextlib
+import math
 import sys
 import time
 from typing import Any, Mapping
@@ -46,6 +47,20 @@ class TokenMasker:
         return {**text, "input_ids": input_ids.masked_fill(masked, self.mask_id)}
 
 
+class NonFiniteError(FloatingPointError):
+    """A non-finite loss or gradient: training stops before it reaches the weights (the
+    message names the epoch, the step and the samples of the batch)."""
+
+
+def check_finite(value: torch.Tensor, what: str, epoch: int, step: int, ids: list[str]) -> None:
+    """Raise NonFiniteError when ``value`` (a scalar) is NaN or infinite."""
+    if not torch.isfinite(value).item():
+        shown = ", ".join(map(str, ids[:16])) + (f" and {len(ids) - 16} more" if len(ids) > 16 else "")
+        raise NonFiniteError(f"non-finite {what} ({value.item()}) at epoch {epoch + 1}, step {step + 1}, on the "
+                             f"samples {shown}: look for NaN/inf in their cache entries, or lower train.lr; "
+                             "the weights of the last finished epoch are in last.pt")
+
+
 def train_one_epoch(model: nn.Module, loader: DataLoader, loss_fn: MultitaskLoss,
                     optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
                     scaler: torch.amp.GradScaler, device: torch.device, cfg: TrainConfig, epoch: int,
@@ -54,7 +69,8 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, loss_fn: MultitaskLoss
     """One pass over ``loader`` (at most ``cfg.max_steps_per_epoch`` batches).
 
     Gradients of ``cfg.accumulate`` batches make one optimizer step (DDP synchronises only
-    on the last of them); the scheduler and ``average`` (if any) step with the optimizer.
+    on the last of them); the scheduler and ``average`` (if any) step with the optimizer,
+    not when an fp16 GradScaler skips the step.
     Returns this rank's mean loss, per-task losses, sample count, and the seconds spent in
     total and waiting for data.
     """
@@ -66,6 +82,7 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, loss_fn: MultitaskLoss
     optimizer.zero_grad(set_to_none=True)
     start = time.perf_counter()
     batches = iter(loader)
+    group_ids: list[str] = []  # sample ids of the batches whose gradients the next optimizer step sums
     progress = tqdm(range(steps), desc=f"epoch {epoch + 1}", disable=not dist.is_main_process(),
                     leave=False, file=sys.stderr)
     for step in progress:
@@ -84,17 +101,27 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, loss_fn: MultitaskLoss
             with autocast(device, dtype):
                 outputs = model(batch)
             loss, parts = loss_fn({k: v.float() for k, v in outputs.items()}, batch["labels"])
+            group_ids = (group_ids if step > group_start else []) + list(batch["ids"])  # of this optimizer step
+            check_finite(loss.detach(), "loss", epoch, step, batch["ids"])
             scaler.scale(loss / group_size).backward()
         if last_in_group:
-            if cfg.grad_clip > 0:
+            # without fp16's scaler (which skips such steps itself) a non-finite gradient
+            # would reach the weights: its norm is checked, clipping or not
+            if cfg.grad_clip > 0 or not scaler.is_enabled():
                 scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or math.inf)
+                if not scaler.is_enabled():
+                    check_finite(norm, "gradient norm", epoch, step, group_ids)
+            scale = scaler.get_scale()
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
-            if average is not None:
-                average.update(unwrapped)
+            # fp16: the scaler skips the step (and lowers its scale) on inf/NaN gradients; the
+            # schedule and the average then stay where they are, as the weights did
+            if scaler.get_scale() >= scale:
+                scheduler.step()
+                if average is not None:
+                    average.update(unwrapped)
         samples += len(batch["ids"])
         for name, value in {"loss": loss.detach(), **parts}.items():
             sums[name] = sums.get(name, 0.0) + value

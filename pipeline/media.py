@@ -21,6 +21,7 @@ Why it is shaped this way (see DESIGN "Performance notes"):
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import os
 import re
@@ -37,8 +38,22 @@ import numpy as np
 
 from pipeline.config import AudioFeatures, VideoFeatures
 
+logger = logging.getLogger(__name__)
+
 LONG_CLIP_SECONDS = 20.0  # above this, seek to each sampled frame instead of decoding it all
 FFMPEG_GLOBAL_ARGS = ["-nostdin", "-hide_banner", "-loglevel", "error", "-filter_complex_threads", "1"]
+# The only demuxers ffprobe and ffmpeg may use on a clip: real media containers. Playlists
+# (hls), file lists (concat), image sequences (image2) and the like would make ffmpeg read
+# other files than the one given, so they are refused before ffmpeg reads anything else; and
+# inputs may use the file protocol alone.
+ALLOWED_FORMATS = ("mov,mp4,m4a,3gp,3g2,mj2,matroska,webm,avi,mpegts,flv,ogg,wav,mp3,aac,flac,asf,mpeg")
+SAFE_INPUT = {"format_whitelist": ALLOWED_FORMATS, "protocol_whitelist": "file"}
+SAFE_INPUT_ARGS = [arg for key, value in SAFE_INPUT.items() for arg in (f"-{key}", value)]
+# A header's duration is trusted only as far as the frames it yields agree with it: when the
+# count is off and the video packets span a duration off by more than this (seconds, or
+# share of the header's), the frames are sampled again over the span the packets cover.
+DURATION_TOLERANCE = (0.5, 0.1)
+NOT_ALLOWED = re.compile(r"\[(\w+) @ [^]]*\] Format not on whitelist")
 FACE_CONTEXT = 2.0  # side of a face crop, in face widths: the whole head and a little around it
 PPM_HEADER = re.compile(rb"P6\s+(\d+)\s+(\d+)\s+255\s")
 
@@ -75,6 +90,7 @@ class Clip:
     info: ClipInfo
     waveform: np.ndarray | None  # float32[S], mono at the requested sample rate
     frames: np.ndarray | None  # uint8[N, size, size, 3], RGB
+    face_frames: int | None = None  # with face_crop on: how many of the frames showed a face
 
 
 # --------------------------------------------------------------------------- probing
@@ -105,8 +121,12 @@ def check_file(path: str | os.PathLike) -> Path:
 def probe_ffprobe(path: Path) -> ClipInfo:
     """ClipInfo from ``ffprobe`` (any container ffmpeg reads)."""
     try:
-        data = ffmpeg.probe(str(path), v="error")
+        data = ffmpeg.probe(str(path), v="error", **SAFE_INPUT)
     except ffmpeg.Error as err:
+        refused = NOT_ALLOWED.search((err.stderr or b"").decode("utf-8", "replace"))
+        if refused:
+            raise ClipError(path, f"not a media file of an allowed format (ffmpeg detects {refused.group(1)}); "
+                                  "playlists, file lists and image sequences are refused, as they name other files") from None
         raise ClipError(path, "unreadable: " + last_line(err.stderr, path)) from None
     streams = data.get("streams", [])
     audio = [s for s in streams if s.get("codec_type") == "audio"]
@@ -232,15 +252,19 @@ def load_clip(path: str | os.PathLike, audio: AudioFeatures | None,
     want_video = video is not None and info.has_video
     if not (want_audio or want_video):
         return Clip(info, None, None)
-    if want_video and info.duration <= 0:
-        raise ClipError(path, "unreadable: unknown duration")
+    duration = info.duration
+    if want_video and duration <= 0:  # live WebM/MKV, raw streams: what the packets span
+        duration = packet_span(path)
+        if duration <= 0:
+            raise ClipError(path, "unreadable: unknown duration")
     outputs = []
+    faces = want_video and video.face_crop != "none"
+    scale = video.size * 2 if faces else video.size if want_video else 0  # room to move the crop
     if want_video:
-        scale = video.size * 2 if video.face_crop else video.size  # room to move the crop
-        outputs.append(video_output(path, info.duration, video.num_frames, scale, crop=not video.face_crop))
+        outputs.append(video_output(path, duration, video.num_frames, scale, crop=not faces))
     audio_pipe = os.pipe() if want_audio else None  # (read end for us, write end for ffmpeg)
     if audio_pipe is not None:
-        outputs.append(audio_output(path, audio, info.duration, f"pipe:{audio_pipe[1]}"))
+        outputs.append(audio_output(path, audio, duration, f"pipe:{audio_pipe[1]}"))
     command = ["ffmpeg", *FFMPEG_GLOBAL_ARGS, *ffmpeg.get_args(ffmpeg.merge_outputs(*outputs))]
     stdout, audio_bytes, stderr, returncode = run_ffmpeg(command, audio_pipe)
     if returncode != 0:
@@ -249,24 +273,64 @@ def load_clip(path: str | os.PathLike, audio: AudioFeatures | None,
     # clip is truncated when it both reports errors and yields much less than its header
     # promises; errors alone (a damaged frame or two) do not make a clip unusable.
     errors = last_line(stderr, path)
-    waveform = frames = None
+    waveform = frames = face_frames = None
     if want_audio:
         waveform = np.frombuffer(audio_bytes, dtype="<f4")[: len(audio_bytes) // 4].astype(np.float32)
         if waveform.size == 0:
             raise ClipError(path, "unreadable: " + (errors or "no audio decoded"))
-        expected = min(info.duration, audio.max_seconds) * audio.sample_rate
+        expected = min(duration, audio.max_seconds) * audio.sample_rate
         if errors and waveform.size < 0.5 * expected:
             raise ClipError(path, "truncated: " + errors)
     if want_video:
         decoded = parse_ppm_stream(stdout)
+        if not errors and not video.num_frames - 1 <= len(decoded) <= video.num_frames + 1:
+            decoded = resample_if_misled(path, decoded, duration, video.num_frames, scale, not faces)
         if len(decoded) == 0:
             raise ClipError(path, "unreadable: " + (errors or "no frames decoded"))
         if errors and len(decoded) < video.num_frames - 1:
             raise ClipError(path, "truncated: " + errors)
         frames = pick_uniform(decoded, video.num_frames)
-        if video.face_crop:
-            frames = face_crop(frames, video.size)
-    return Clip(info, waveform, frames)
+        if faces:
+            frames, face_frames = face_crop(frames, video.size, video.face_crop)
+    return Clip(info, waveform, frames, face_frames)
+
+
+def packet_span(path: Path) -> float:
+    """Seconds covered by the video packets of ``path`` (demuxed by ffprobe, not decoded):
+    what the header's duration should have said; 0.0 when unknown."""
+    command = ["ffprobe", "-v", "error", *SAFE_INPUT_ARGS, "-select_streams", "v:0",
+               "-show_entries", "packet=pts_time,duration_time", "-of", "csv=p=0", str(path)]
+    try:
+        result = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, timeout=300)
+    except (OSError, subprocess.TimeoutExpired):
+        return 0.0
+    starts, ends = [], []
+    for line in result.stdout.decode("ascii", "replace").splitlines():
+        pts, _, length = line.partition(",")
+        try:
+            start = float(pts)
+        except ValueError:  # N/A
+            continue
+        starts.append(start)
+        ends.append(start + as_float(length))
+    return max(ends) - min(starts) if starts else 0.0
+
+
+def resample_if_misled(path: Path, decoded: np.ndarray, duration: float, num_frames: int, size: int,
+                       crop: bool) -> np.ndarray:
+    """The frames again, sampled over the span the video packets cover, when the header's
+    ``duration`` (which set the sampling rate) disagrees with it beyond DURATION_TOLERANCE:
+    stream-copied cuts, edit lists and rewritten headers. The clip is flagged in the log."""
+    span = packet_span(path)
+    seconds, share = DURATION_TOLERANCE
+    if span <= 0 or abs(span - duration) <= max(seconds, share * duration):
+        return decoded
+    logger.warning("%s: the header says %.2f s but the video packets span %.2f s (%d frames where %d were "
+                   "asked for); sampling the frames over the %.2f s decoded", path.name, duration, span,
+                   len(decoded), num_frames, span)
+    command = ["ffmpeg", *FFMPEG_GLOBAL_ARGS, *ffmpeg.get_args(video_output(path, span, num_frames, size, crop))]
+    stdout, _, stderr, returncode = run_ffmpeg(command, None)
+    return parse_ppm_stream(stdout) if returncode == 0 else decoded
 
 
 def video_output(path: Path, duration: float, num_frames: int, size: int, crop: bool):
@@ -275,25 +339,28 @@ def video_output(path: Path, duration: float, num_frames: int, size: int, crop: 
     if duration > LONG_CLIP_SECONDS:
         # One input per sampled time, each seeked to its keyframe and cut to one frame.
         times = [(k + 0.5) * duration / num_frames for k in range(num_frames)]
-        singles = [ffmpeg.input(str(path), ss=f"{t:.3f}", threads=1)["v:0"]
+        singles = [ffmpeg.input(str(path), ss=f"{t:.3f}", threads=1, **SAFE_INPUT)["v:0"]
                    .trim(end_frame=1).filter("setpts", "PTS-STARTPTS") for t in times]
         stream = ffmpeg.concat(*singles, v=1, a=0) if len(singles) > 1 else singles[0]
     else:
-        stream = ffmpeg.input(str(path), threads=1)["v:0"].filter("fps", fps=f"{num_frames / duration:.6f}")
+        stream = ffmpeg.input(str(path), threads=1, **SAFE_INPUT)["v:0"].filter("fps", fps=f"{num_frames / duration:.6f}")
     # area averaging: the usual downscale is ~3x (720p to 224), where it avoids aliasing
     stream = stream.filter("scale", size, size, force_original_aspect_ratio="increase", flags="area")
     if crop:
         stream = stream.filter("crop", size, size)
     # passthrough: the concatenated single frames share timestamps and must not be dropped
-    return ffmpeg.output(stream, "pipe:1", format="image2pipe", vcodec="ppm", fps_mode="passthrough")
+    # frames:v caps the work and memory when the header's duration is far too short (then
+    # resample_if_misled samples again over the real span)
+    return ffmpeg.output(stream, "pipe:1", format="image2pipe", vcodec="ppm", fps_mode="passthrough",
+                         **{"frames:v": 4 * num_frames + 4})
 
 
 def audio_output(path: Path, audio: AudioFeatures, duration: float, target: str):
     """ffmpeg-python output of the first ``max_seconds`` as mono float32 at ``sample_rate``."""
     if duration > LONG_CLIP_SECONDS:
-        source = ffmpeg.input(str(path), t=f"{audio.max_seconds:.3f}", threads=1)
+        source = ffmpeg.input(str(path), t=f"{audio.max_seconds:.3f}", threads=1, **SAFE_INPUT)
     else:
-        source = ffmpeg.input(str(path), threads=1)
+        source = ffmpeg.input(str(path), threads=1, **SAFE_INPUT)
     return ffmpeg.output(source["a:0"], target, format="f32le", acodec="pcm_f32le", ac=1,
                          ar=audio.sample_rate, t=f"{audio.max_seconds:.3f}")
 
@@ -391,11 +458,18 @@ def largest_face(frame: np.ndarray) -> tuple[int, int, int, int] | None:
     return int(x), int(y), int(w), int(h)
 
 
-def face_crop(frames: np.ndarray, size: int) -> np.ndarray:
+def face_crop(frames: np.ndarray, size: int, detector: str = "opencv") -> tuple[np.ndarray, int]:
     """Crop each frame uint8[N,H,W,3] to a square around its largest face, resized to
-    ``size``. A frame without a detection uses the nearest frame's face (so the crop does
-    not jump), and a clip without any face falls back to the centre crop."""
-    boxes = [largest_face(frame) for frame in frames]
+    ``size``: (uint8[N,size,size,3], how many frames showed a face). ``detector``: opencv
+    (the Haar cascade) or mtcnn (pipeline.faces). A frame without a detection uses the
+    nearest frame's face (so the crop does not jump), and a clip without any face falls
+    back to the centre crop."""
+    if detector == "mtcnn":
+        from pipeline.faces import largest_faces  # imported here: torch is needed by this detector only
+
+        boxes = largest_faces(frames)
+    else:
+        boxes = [largest_face(frame) for frame in frames]
     found = [i for i, box in enumerate(boxes) if box is not None]
     height, width = frames.shape[1:3]
     out = np.empty((len(frames), size, size, 3), dtype=np.uint8)
@@ -411,4 +485,4 @@ def face_crop(frames: np.ndarray, size: int) -> np.ndarray:
         square = frame[top: top + side, left: left + side]
         interpolation = cv2.INTER_AREA if side > size else cv2.INTER_LINEAR
         out[i] = cv2.resize(square, (size, size), interpolation=interpolation)
-    return out
+    return out, len(found)

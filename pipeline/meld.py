@@ -8,9 +8,11 @@ The clip of a row is ``dia{Dialogue_ID}_utt{Utterance_ID}.mp4``.
 """
 from __future__ import annotations
 
+import bisect
 import csv
 import io
 import logging
+import re
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,22 +94,47 @@ def clip_files(clip_dir: str | Path) -> dict[str, Path]:
 
 
 # --------------------------------------------------------------------------- reading a CSV
+NOT_UTF8 = re.compile("[\udc80-\udcff]+")  # the bytes that UTF-8 decoding with surrogateescape could not read
+
+
+def read_text(path: Path) -> str:
+    """The text of a CSV that should be UTF-8 (a BOM is dropped) but may hold cp1252 bytes:
+    each byte sequence that is not UTF-8 is decoded as cp1252 on its own (Latin-1 for the
+    five bytes cp1252 leaves undefined), so one stray byte does not turn every other
+    character of the file into mojibake, and a whole cp1252 file still reads right. The
+    lines that needed it are logged (a report of what was repaired)."""
+    text = path.read_bytes().decode("utf-8", errors="surrogateescape").removeprefix("\ufeff")
+    starts = [match.start() for match in NOT_UTF8.finditer(text)]
+    if not starts:
+        return text
+
+    def as_cp1252(match: re.Match) -> str:
+        raw = match.group().encode("utf-8", errors="surrogateescape")
+        return "".join(bytes([byte]).decode("cp1252", errors="ignore") or chr(byte) for byte in raw)
+
+    line_ends = [match.start() for match in re.finditer("\n", text)]
+    repaired_lines = [bisect.bisect_left(line_ends, start) + 1 for start in starts]
+    text = NOT_UTF8.sub(as_cp1252, text)
+    if repaired_lines:
+        lines = sorted(set(repaired_lines))
+        shown = ", ".join(map(str, lines[:10])) + (f" and {len(lines) - 10} more" if len(lines) > 10 else "")
+        logger.warning("%s: %d non-UTF-8 byte sequences read as cp1252 on %d lines (line %s)", path,
+                       len(repaired_lines), len(lines), shown)
+    return text
+
+
 def read_csv(path: str | Path) -> list[MeldRow]:
     """The rows of a MELD CSV, in file order.
 
     Tolerates a UTF-8 BOM, CRLF line ends, quoted commas and newlines, padded header
-    names, label case and blank lines; a file that is not UTF-8 is read as Latin-1 (its
-    cp1252 characters are repaired by ``features.normalize_text``). Raises MeldFormatError
+    names, label case and blank lines; bytes that are not UTF-8 are read as cp1252, one by
+    one (see ``read_text``), and cp1252 characters read as Latin-1 are repaired by
+    ``features.normalize_text``. Raises MeldFormatError
     naming the file and line for a missing column, a bad id, an unknown label or a
     duplicate (Dialogue_ID, Utterance_ID).
     """
     path = Path(path)
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        logger.info("%s is not UTF-8; reading it as Latin-1", path)
-        text = raw.decode("latin-1")
+    text = read_text(path)
     reader = csv.reader(io.StringIO(text, newline=""))
     header = [name.strip() for name in next(reader, [])]
     missing = [name for name in COLUMNS if name not in header]
@@ -142,10 +169,10 @@ def parse_row(values: dict[str, str], where: str, line: int) -> MeldRow:
     """A MeldRow from the raw column values; ``where`` prefixes error messages."""
     ids = []
     for name in ("Dialogue_ID", "Utterance_ID"):
-        try:
-            ids.append(int(values[name].strip()))
-        except ValueError:
-            raise MeldFormatError(f"{where}: {name} {values[name]!r} is not an integer") from None
+        # plain ASCII digits only: int() also reads "1_0" (as 10), " +3" and Unicode digits
+        if not re.fullmatch(r"[0-9]+", values[name].strip()):
+            raise MeldFormatError(f"{where}: {name} {values[name]!r} is not an integer (digits only)")
+        ids.append(int(values[name].strip()))
     emotion = values["Emotion"].strip().lower()
     sentiment = values["Sentiment"].strip().lower()
     if emotion not in EMOTIONS:

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import logging
-import multiprocessing
 import os
 import re
 import sys
@@ -35,14 +35,17 @@ from typing import Any, Iterable, Sequence
 from tqdm import tqdm
 
 from pipeline import cache, meld
+from pipeline.distributed import setup_cli_logging
 from pipeline.config import Config, ConfigError, PreprocessConfig, from_dict, resolve_raw, to_dict
 from pipeline.features import Utterance, extract_features, normalize_text, single_threaded_process
 from pipeline.media import ClipError
+from pipeline.workers import Lost, WorkerPool, WorkerStartError
 
 logger = logging.getLogger(__name__)
 
 OVERRIDE = re.compile(r"^[A-Za-z_][\w]*(\.[\w]+)*=")
 NO_LABEL = "no label"
+WORKER_DIED = "worker process "  # how the reason of a clip lost to a dead worker starts (pipeline.workers)
 
 
 @dataclass(frozen=True)
@@ -85,14 +88,42 @@ def plan_split(split: str, csv_path: Path, clip_dir: Path | None, split_dir: Pat
     """(a task per CSV row, a "no label" row per clip on disk that no row names)."""
     rows = meld.read_csv(csv_path)
     context = meld.dialogue_context(rows, pcfg.text.context_turns)
-    tasks = [Task(str(split_dir), manifest_row(split, row),
-                  str(clip_dir / f"{row.id}.mp4") if clip_dir is not None else None,
-                  Utterance(row.utterance, row.speaker, context[row.id]))
-             for row in rows]
+    tasks = []
+    for row in rows:
+        clip = clip_dir / f"{row.id}.mp4" if clip_dir is not None else None
+        entry = {**manifest_row(split, row), "source": source_of(row, context[row.id], clip)}
+        tasks.append(Task(str(split_dir), entry, str(clip) if clip is not None else None,
+                          Utterance(row.utterance, row.speaker, context[row.id])))
     labelled = {row.id for row in rows}
     extras = [] if clip_dir is None else [
         unlabelled_row(split, clip_id) for clip_id in meld.clip_files(clip_dir) if clip_id not in labelled]
     return tasks, extras
+
+
+def source_of(row: meld.MeldRow, context: Sequence[tuple[str, str]], clip: Path | None) -> dict[str, Any]:
+    """What an entry was made from, stored in its manifest row (``source``): a hash of its CSV
+    row as read (text, speaker, labels, ids, and the dialogue context it is tokenised with)
+    and its clip's size and modification time (None: no clip on disk). An entry whose source
+    differs on a rerun (a corrected label or text, a clip added, replaced or repaired) is
+    made again; the parameters are the cache's key (meta.json)."""
+    fields = [row.dialogue_id, row.utterance_id, row.speaker, row.utterance, row.emotion, row.sentiment,
+              [list(turn) for turn in context]]
+    source: dict[str, Any] = {
+        "row": hashlib.sha256(json.dumps(fields, ensure_ascii=False).encode("utf-8")).hexdigest()[:16]}
+    if clip is not None:
+        try:
+            stat = clip.stat()
+            source["clip"] = f"{stat.st_size}:{stat.st_mtime_ns}"
+        except OSError:
+            source["clip"] = None
+    return source
+
+
+def up_to_date(record: dict[str, Any] | None, row: dict[str, Any]) -> bool:
+    """Whether a stored entry is what this run would make: same source, and not lost to a
+    worker that died on it (a rerun tries those again)."""
+    return (record is not None and record.get("source") == row.get("source")
+            and not str(record.get("reason") or "").startswith(WORKER_DIED))
 
 
 def in_shard(id_: str, num_shards: int, shard_id: int) -> bool:
@@ -116,16 +147,16 @@ class Worker:
 
     def process(self, task: Task) -> dict[str, Any]:
         """Extract and store the features of ``task``; return its manifest row."""
-        row = dict(task.row)
+        row, notes = dict(task.row), {}
         try:
-            arrays, modalities = extract_features(task.clip, task.utterance, self.pcfg, self.tokenizer)
+            arrays, modalities = extract_features(task.clip, task.utterance, self.pcfg, self.tokenizer, notes)
         except ClipError as err:
             row.update(status="skipped", reason=err.reason, modalities=[])
             cache.write_entry(task.split_dir, row)
             return row
         except Exception as err:  # a bug, not a bad clip: stop, naming the sample
             raise RuntimeError(f"{row['id']} ({task.clip}): {err!r}") from err
-        row.update(status="ok", reason=None, modalities=modalities)
+        row.update(status="ok", reason=None, modalities=modalities, **notes)  # face_frames with face_crop
         cache.write_entry(task.split_dir, row, arrays)
         return row
 
@@ -143,9 +174,20 @@ def process_task(task: Task) -> dict[str, Any]:
     return _worker.process(task)
 
 
+def lost_row(task: Task, reason: str) -> dict[str, Any]:
+    """The skipped row of a task whose worker process died on it (written by the parent;
+    a rerun tries it again, see ``preprocess_split``)."""
+    row = dict(task.row)
+    row.update(status="skipped", reason=reason, modalities=[])
+    cache.write_entry(task.split_dir, row)
+    return row
+
+
 class Runner:
     """Runs tasks in this process (workers <= 1) or in a pool of long-lived worker
-    processes, each with its own tokenizer, started on first use and shared by all splits."""
+    processes (``pipeline.workers``), each with its own tokenizer, started on first use and
+    shared by all splits. A worker that dies (SIGKILL from the out-of-memory killer) costs
+    the clip it held, recorded as skipped with the reason, and is replaced; the run goes on."""
 
     def __init__(self, preprocess: dict[str, Any], workers: int) -> None:
         # Built here, before any cache file is written: a tokenizer that cannot be loaded
@@ -162,11 +204,9 @@ class Runner:
             return map(self.local.process, tasks)
         if self.pool is None:
             os.environ["TOKENIZERS_PARALLELISM"] = "false"
-            self.pool = multiprocessing.Pool(self.workers, initializer=init_worker,
-                                             initargs=(self.preprocess,))
-        # Small chunks: a clip takes ~0.3 s, and the bar and ETA should move smoothly.
-        chunk = max(1, min(8, len(tasks) // (self.workers * 8)))
-        return self.pool.imap_unordered(process_task, tasks, chunksize=chunk)
+            self.pool = WorkerPool(self.workers, init_worker, (self.preprocess,), process_task).start()
+        return (lost_row(task, outcome.reason) if isinstance(outcome, Lost) else outcome
+                for task, outcome in self.pool.imap_unordered(tasks))
 
     def close(self, failed: bool) -> None:
         if self.pool is not None:
@@ -174,7 +214,6 @@ class Runner:
                 self.pool.terminate()
             else:
                 self.pool.close()
-            self.pool.join()
 
 
 # --------------------------------------------------------------------------- one split
@@ -184,13 +223,21 @@ def preprocess_split(split: str, tasks: Sequence[Task], extras: Sequence[dict[st
     """Process this shard's pending ids of ``split``, then merge if every shard is done."""
     ids = [task.row["id"] for task in tasks] + [row["id"] for row in extras]
     cache.prepare_split(split_dir, split, to_dict(pcfg), ids)
-    done = cache.done_ids(split_dir)
     mine = [id_ for id_ in ids if in_shard(id_, num_shards, shard_id)]
     mine_set = set(mine)
+    records = cache.read_records(split_dir, mine)
     for row in extras:
-        if row["id"] in mine_set and row["id"] not in done:
+        if row["id"] in mine_set and (records.get(row["id"]) or {}).get("reason") != NO_LABEL:
+            cache.forget_entries(split_dir, [row["id"]])
             cache.write_entry(split_dir, row)
-    pending = [task for task in tasks if task.row["id"] in mine_set and task.row["id"] not in done]
+    pending = [task for task in tasks if task.row["id"] in mine_set and not up_to_date(records.get(task.row["id"]), task.row)]
+    stale = [task.row["id"] for task in pending if task.row["id"] in records]
+    if stale:  # their old arrays and rows must not outlive them, nor a manifest that lists them
+        lost = sum(str(records[id_].get("reason") or "").startswith(WORKER_DIED) for id_ in stale)
+        logger.info("%s: %d entries to make again: %d whose CSV row or clip changed since they were cached, "
+                    "%d lost to a worker that died (e.g. %s)", split, len(stale), len(stale) - lost, lost,
+                    ", ".join(stale[:5]))
+        cache.forget_entries(split_dir, stale)
     logger.info("%s: %d rows, %d unlabelled clips; shard %d/%d: %d ids, %d to do", split,
                 len(tasks), len(extras), shard_id, num_shards, len(mine), len(pending))
     start = time.perf_counter()
@@ -284,8 +331,7 @@ def merge(out_dir: Path, splits: Sequence[str]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_cli_logging()
     args = parse_args(argv)
     if args.merge:
         return merge(args.out_dir, args.splits)
@@ -310,7 +356,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             preprocess_split(split, tasks, extras, args.out_dir / split, pcfg, runner,
                              args.num_shards, args.shard_id)
         failed = False
-    except cache.CacheMismatchError as err:
+    except (cache.CacheMismatchError, WorkerStartError) as err:
         logger.error("%s", err)
         return 1
     finally:

@@ -3,7 +3,9 @@
 One process on the CPU or one GPU, or one process per GPU under
 ``torchrun --nproc_per_node=N -m pipeline.train ...`` (``scripts/train_ddp.sh``); under
 DDP ``train.batch_size`` is per rank. The configuration is resolved once, before anything
-else, and written to ``output_dir/config.yaml``. Rank 0 alone logs, writes and plots:
+else, and written to ``output_dir/config.yaml``. Rank 0 alone logs, writes, plots and reads
+back ``output_dir`` (the other ranks receive what they need of it, so it need not be on a
+filesystem that every node shares):
 
     output_dir/config.yaml                 the resolved configuration
     output_dir/last.pt, best.pt            checkpoints: every epoch / best validation emotion weighted F1
@@ -40,14 +42,14 @@ from encoders.weights import WeightsError
 from pipeline import distributed as dist
 from pipeline.averaging import WeightAverage
 from pipeline.cache import CacheMismatchError, CacheSplit
-from pipeline.checkpoint import config_changes, inference_checkpoint, restore, run_checkpoint
+from pipeline.checkpoint import config_changes, inference_checkpoint, restore, resume_checkpoint, run_checkpoint
 from pipeline.config import Config, ConfigError, dump_yaml, format_config, load_config, to_dict
 from pipeline.data import MeldDataset, labels_of
 from pipeline.embeddings import open_for_training
 from pipeline.execution import amp_dtype
 from pipeline.labels import EMOTIONS, SENTIMENTS
 from pipeline.loading import evaluation_order, make_loader, open_split, training_order
-from pipeline.loops import TokenMasker, evaluate, train_one_epoch
+from pipeline.loops import NonFiniteError, TokenMasker, evaluate, train_one_epoch
 from pipeline.losses import MultitaskLoss, build_loss
 from pipeline.metrics import format_report, plot_confusion_matrix, plot_curves
 from pipeline.model import CheckpointError, MultimodalModel, build_model, load_checkpoint
@@ -69,9 +71,21 @@ def wrap_ddp(model: nn.Module, device: torch.device) -> nn.Module:
 
 
 # --------------------------------------------------------------------------- outputs
+def finite_json(value: Any) -> Any:
+    """``value`` with every NaN or infinite float replaced by None (JSON has no NaN: a file
+    holding one is rejected by strict readers)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {key: finite_json(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_json(item) for item in value]
+    return value
+
+
 def write_json(path: Path, data: Any) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
+    tmp.write_text(json.dumps(finite_json(data), indent=1, allow_nan=False), encoding="utf-8")
     tmp.replace(path)
 
 
@@ -102,6 +116,16 @@ def split_labels(dataset: Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             np.stack([row["regression"].numpy() for row in labels]))
 
 
+def warn_double_balancing(cfg: Config) -> None:
+    """Warn (rank 0) when the class-balanced sampler and class weights in the loss are both on:
+    each corrects the imbalance alone, together they over-weight the rare classes."""
+    if cfg.data.balanced_sampler and cfg.train.class_weighting != "none" and dist.is_main_process():
+        log.warning("data.balanced_sampler=true already draws every emotion equally often; "
+                    "train.class_weighting=%s weights the rare ones up again in the loss, correcting the "
+                    "imbalance twice; set train.class_weighting=none unless that is intended",
+                    cfg.train.class_weighting)
+
+
 # --------------------------------------------------------------------------- main
 @dataclass
 class Session:
@@ -120,6 +144,7 @@ class Session:
     augment: TokenMasker | None
     average: WeightAverage | None
     steps_per_epoch: int
+    device: torch.device = torch.device("cpu")
 
     @contextlib.contextmanager
     def evaluated_weights(self) -> Iterator[None]:
@@ -138,6 +163,7 @@ class Session:
 def prepare(cfg: Config, device: torch.device) -> Session:
     """Open the caches (checked against ``cfg.preprocess``), build the loaders, model, loss,
     optimizer and schedule of a run on ``device``."""
+    dtype = amp_dtype(cfg.train.amp, device)  # a ConfigError before any cache is read or model built
     caches = {"train": open_split(cfg, cfg.data.train_split, True),
               "val": open_split(cfg, cfg.data.val_split, True),
               "test": open_split(cfg, cfg.data.test_split, False)}
@@ -159,7 +185,8 @@ def prepare(cfg: Config, device: torch.device) -> Session:
     if cfg.train.gradient_checkpointing:
         model.enable_gradient_checkpointing()
     augment = None
-    if "text" in cfg.model.modalities and cfg.train.token_mask_samples > 0 and cfg.train.token_mask_prob > 0:
+    if ("text" in cfg.model.modalities and cfg.train.token_mask_samples > 0 and cfg.train.token_mask_prob > 0
+            and not cfg.data.embeddings_dir):  # vectors have no tokens to mask
         from encoders.text import load_tokenizer
 
         augment = TokenMasker(load_tokenizer(cfg.preprocess.text.model), cfg.train.token_mask_prob,
@@ -174,12 +201,12 @@ def prepare(cfg: Config, device: torch.device) -> Session:
     optimizer = torch.optim.AdamW(param_groups(model, cfg.train), fused=True)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_cosine(int(cfg.train.warmup_ratio * optimizer_steps), optimizer_steps))
-    dtype = amp_dtype(cfg.train.amp, device)
+    warn_double_balancing(cfg)
     return Session(caches=caches, datasets=datasets, loaders=loaders, train_sampler=train_sampler, model=model,
                    loss_fn=build_loss(cfg.train, emotion, sentiment, regression).to(device),
                    optimizer=optimizer, scheduler=scheduler,
                    scaler=torch.amp.GradScaler(device.type, enabled=dtype == torch.float16),
-                   dtype=dtype, augment=augment, steps_per_epoch=steps_per_epoch,
+                   dtype=dtype, augment=augment, steps_per_epoch=steps_per_epoch, device=device,
                    average=WeightAverage(model, cfg.train.ema_decay) if cfg.train.ema_decay else None)
 
 
@@ -189,7 +216,9 @@ def train(cfg: Config, device: torch.device) -> dict:
     out_dir = Path(cfg.output_dir)
     main = dist.is_main_process()
     last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
-    if last_path.exists() and not cfg.train.resume:
+    # Only rank 0 writes and reads output_dir; what the others need of it comes by broadcast,
+    # so nodes without a shared filesystem agree (dist.from_main).
+    if dist.from_main(last_path.exists) and not cfg.train.resume:
         raise FileExistsError(f"{out_dir} already holds a run (last.pt); continue it with train.resume=true "
                               "or choose another output_dir")
     dist.seed_everything(cfg.train.seed)
@@ -200,8 +229,8 @@ def train(cfg: Config, device: torch.device) -> dict:
     model, world = run.model, dist.get_world_size()
 
     start_epoch, best, bad_epochs, history = 0, -math.inf, 0, []
-    if cfg.train.resume and last_path.exists():
-        ckpt = load_checkpoint(last_path)
+    ckpt = dist.from_main(lambda: load_checkpoint(last_path) if cfg.train.resume and last_path.exists() else None)
+    if ckpt is not None:
         changed = config_changes(ckpt["config"], to_dict(cfg))
         if changed:
             log.warning("resuming with a config that differs from last.pt's: %s", "; ".join(changed))
@@ -249,7 +278,7 @@ def train(cfg: Config, device: torch.device) -> dict:
         checkpoint = run_checkpoint(cfg, run, epoch + 1, best, bad_epochs, history)
         if improved:  # best.pt before last.pt: a kill in between reruns this epoch, rewriting both
             dist.save_on_main(inference_checkpoint(checkpoint), best_path)
-        dist.save_on_main(checkpoint, last_path)
+        dist.save_on_main(resume_checkpoint(checkpoint, cfg), last_path)
         row = history[-1]
         log.info("epoch %d/%d: train loss %.4f, val loss %.4f, val emotion weighted F1 %.4f%s "
                  "(%.1f samples/s, %.0f%% of the time waiting for data)", epoch + 1, cfg.train.epochs,
@@ -262,8 +291,9 @@ def train(cfg: Config, device: torch.device) -> dict:
             write_json(out_dir / "metrics.json", summary(history, best, None))
             plot_curves(history, out_dir / "curves.png")
 
-    dist.barrier()  # best.pt is complete on disk before any rank reads it
-    model.load_state_dict(load_checkpoint(best_path)["model"])
+    if main:
+        model.load_state_dict(load_checkpoint(best_path)["model"])
+    dist.broadcast_state(model)  # best.pt's weights on every rank, whether or not it can read the file
     final_split = "test" if "test" in run.loaders else "val"
     final, _ = evaluate(model, run.loaders[final_split], run.loss_fn, device, run.dtype)
     result = summary(history, best, final if final_split == "test" else None)
@@ -298,8 +328,10 @@ def parse_config(argv: Sequence[str] | None) -> Config:
 
 
 # What a user's files can get wrong before training starts: a cache made with other
-# parameters, a missing run to resume, a damaged or foreign checkpoint, absent weights.
-STARTUP_ERRORS = (CacheMismatchError, CheckpointError, FileExistsError, FileNotFoundError, WeightsError)
+# parameters, a missing run to resume, a damaged or foreign checkpoint, absent weights, and
+# settings this machine cannot run (train.amp=fp16 on a CPU).
+STARTUP_ERRORS = (CacheMismatchError, CheckpointError, ConfigError, FileExistsError, FileNotFoundError,
+                  WeightsError)
 
 
 @record
@@ -311,8 +343,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     device = dist.init_distributed(cfg.train.device, cfg.train.dist_timeout_minutes)
     try:
         result = train(cfg, device)
-    except STARTUP_ERRORS as err:  # the user's files, not a bug: one line, no traceback
+    except STARTUP_ERRORS as err:  # the user's files or settings, not a bug: one line, no traceback
         log.error("%s", err)
+        raise SystemExit(1) from None
+    except NonFiniteError as err:  # stopped before a NaN reached the weights or a checkpoint
+        log.error("training stopped: %s", err)
         raise SystemExit(1) from None
     dist.cleanup()
     return result

@@ -71,11 +71,7 @@ def read_transcripts(path: Path, context_turns: int) -> TranscriptTable:
     """
     if not path.is_file():
         raise InputError(f"--transcripts {path}: no such file")
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        text = raw.decode("latin-1")  # old MELD releases; meld.read_csv does the same
+    text = meld.read_text(path)  # UTF-8, with any cp1252 bytes read as such (and reported)
     rows = csv.reader(io.StringIO(text, newline=""))
     header = [name.strip() for name in next(rows, [])]
     if {"Dialogue_ID", "Utterance_ID"} <= set(header):

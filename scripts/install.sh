@@ -42,9 +42,11 @@ fi
 
 want=$(cat setup.cfg pyproject.toml | sha256sum | cut -d' ' -f1)
 if [ -n "$STAMP" ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ]; then
-    echo "Python packages are up to date in $(dirname "$PY")/.. (setup.cfg unchanged)" >&2
+    echo "Python packages are up to date in $VENV/ (setup.cfg and pyproject.toml unchanged)" >&2
 else
-    "$PY" -m pip install -q -e ".[dev]" >&2
+    # (pip repeats a warning for every index folder of a machine-wide pip.conf that lacks a
+    # package; the rest of its output, errors included, passes through)
+    "$PY" -m pip install -q -e ".[dev]" 2>&1 | { grep -v "^WARNING: Location '.*' is ignored" || true; } >&2
     if [ -n "$STAMP" ]; then echo "$want" > "$STAMP"; fi
 fi
 echo "$PY"

@@ -20,3 +20,22 @@ def load_bench(name: str) -> ModuleType:
     sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
+
+
+def emotion_predictions(checkpoint: Path, split_dir: Path) -> tuple[list[int], list[int]]:
+    """Emotion labels and the argmax predictions of ``checkpoint``'s model over a cached split,
+    for checking a benchmark's figures against metrics recomputed from them."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from pipeline.data import MeldDataset, collate
+    from pipeline.model import MultimodalModel
+
+    model = MultimodalModel.from_checkpoint(checkpoint)
+    dataset = MeldDataset(split_dir, sorted(model.encoders))
+    labels, predictions = [], []
+    with torch.inference_mode():
+        for batch in DataLoader(dataset, batch_size=8, collate_fn=collate):
+            labels += batch["labels"]["emotion"].tolist()
+            predictions += model(batch)["emotion"].argmax(dim=1).tolist()
+    return labels, predictions

@@ -5,7 +5,9 @@ import json
 
 import pytest
 
-from bench_loader import load_bench
+from sklearn.metrics import accuracy_score, f1_score
+
+from bench_loader import emotion_predictions, load_bench
 from conftest import TINY_MODEL, TINY_PREPROCESS
 
 
@@ -27,6 +29,15 @@ def test_fusion_bench_trains_every_variant_and_reports_moe_load(tmp_path, tiny_t
             assert len(row["load"]) == 4 and sum(row["load"]) == pytest.approx(1.0, abs=1e-5)
         else:
             assert row["load"] is None
+    # Each row's figures are those of its best.pt on the test split, recomputed by sklearn.
+    cache_dir = bench.prepare_data(bench.parse_args(argv))
+    for row in rows:
+        labels, predictions = emotion_predictions(tmp_path / "runs" / row["variant"].key / "best.pt",
+                                                  cache_dir / "test")
+        assert len(labels) == 7
+        assert row["weighted_f1"] == pytest.approx(f1_score(labels, predictions, labels=range(7), average="weighted",
+                                                            zero_division=0), abs=1e-9), row["variant"].key
+        assert row["accuracy"] == pytest.approx(accuracy_score(labels, predictions), abs=1e-9)
     out = capsys.readouterr().out
     assert out.count("\n| ") == 1 + len(rows)
     assert "random voice 50%, random face 25%" in out

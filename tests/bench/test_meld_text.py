@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
+from sklearn.metrics import accuracy_score, f1_score
 
-from bench_loader import load_bench
+from bench_loader import emotion_predictions, load_bench
 from pipeline.cache import CacheSplit
 from pipeline.labels import EMOTIONS
 from pipeline.sample import write_meld_csv
@@ -36,6 +38,18 @@ def test_meld_text_bench_trains_and_reports_every_run(tmp_path, tiny_text_model,
     for row in rows:
         assert row["samples"] == 8 and 1 <= row["best_epoch"] <= row["run"].epochs
         assert all(0.0 <= row[key] <= 1.0 for key in ("accuracy", "weighted_f1", "macro_f1", "fear", "disgust"))
+    # Each row's figures are those of its best.pt on dev, recomputed by sklearn.
+    for row in rows:
+        (cache,) = (tmp_path / "work").glob(f"cache-context{row['run'].context_turns}-*")
+        labels, predictions = emotion_predictions(
+            tmp_path / "work" / "runs" / row["run"].name.replace(" ", "_") / "best.pt", cache / "dev")
+        assert len(labels) == 7
+        per_class = f1_score(labels, predictions, labels=range(7), average=None, zero_division=0)
+        expected = {"accuracy": accuracy_score(labels, predictions),
+                    "weighted_f1": f1_score(labels, predictions, labels=range(7), average="weighted", zero_division=0),
+                    "macro_f1": per_class.mean(), "fear": per_class[EMOTIONS.index("fear")],
+                    "disgust": per_class[EMOTIONS.index("disgust")]}
+        assert {key: row[key] for key in expected} == pytest.approx(expected, abs=1e-9), row["run"].name
     out = capsys.readouterr().out
     assert out.count("\n| ") == 1 + len(rows)  # header row, then one row per run
     assert [row["run"].epochs for row in rows] == [1, 2, 1, 1, 1, 1]

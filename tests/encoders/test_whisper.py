@@ -307,3 +307,16 @@ def test_installed_whisper_base_loads():
     with torch.no_grad():
         out = encoder(clips(32_000, 16_000))
     assert out["pooled"].shape == (2, 512) and torch.isfinite(out["sequence"]).all()
+
+
+def test_a_batch_with_a_log_mel_names_the_waveform_lengths_apart():
+    """The pipeline's audio batch holds the log-mel's ``lengths`` (frames) beside the
+    waveform's ``waveform_lengths`` (samples); the encoder reads the samples."""
+    encoder = random_whisper()
+    waveform = torch.randn(2, 8000) * 0.1
+    samples = torch.tensor([8000, 3000])
+    alone = encoder({"waveform": waveform, "lengths": samples})
+    batch = encoder({"waveform": waveform, "waveform_lengths": samples, "lengths": torch.tensor([50, 19]),
+                     "log_mel": torch.zeros(2, 50, 64)})
+    torch.testing.assert_close(batch["pooled"], alone["pooled"])
+    assert batch["sequence_mask"].sum(1).tolist() == [25, 10]  # 20 ms positions of 0.5 s and 0.1875 s

@@ -1,6 +1,7 @@
 """Every registered head: task outputs, gradients, gates and the MoE balance loss."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -75,6 +76,51 @@ def test_moe_aux_loss_uses_the_coefficient():
         out = head(torch.randn(5, IN_DIM))
     torch.testing.assert_close(out["gates"], torch.full((5, 4), 0.25))
     assert out["aux_loss"] == 0
+
+
+def fix_gate(head: torch.nn.Module, probabilities: list[float]) -> None:
+    """Make a head's gate give ``probabilities`` for every input (zero weights, log-probability bias)."""
+    last = head.gate[-1]
+    last.weight.zero_()
+    last.bias.copy_(torch.log(torch.tensor(probabilities)))
+
+
+def test_balance_loss_is_the_squared_coefficient_of_variation_of_the_load():
+    # Worked by hand. Load [0.7, 0.1, 0.1, 0.1]: mean 0.25, variance (0.45^2 + 3 * 0.15^2) / 4
+    # = 0.0675, cv^2 = 0.0675 / 0.0625 = 1.08 (cv would be 1.039). All on one expert: load
+    # [1, 0, 0, 0], variance 0.1875, cv^2 = 3. Two experts, gates [0.9, 0.1] and [0.5, 0.5]:
+    # load [0.7, 0.3], variance 0.04, cv^2 = 0.16 (cv 0.4).
+    assert balance_loss(torch.tensor([[0.7, 0.1, 0.1, 0.1]]).repeat(8, 1)).item() == pytest.approx(1.08)
+    assert balance_loss(torch.eye(4)[[0] * 8]).item() == pytest.approx(3.0)
+    assert balance_loss(torch.tensor([[0.9, 0.1], [0.5, 0.5]])).item() == pytest.approx(0.16)
+
+
+def test_moe_default_coefficient_times_the_balance_loss():
+    # The documented default (README, Configuration): 0.1. A gate fixed at [0.7, 0.1, 0.1, 0.1]
+    # gives cv^2 = 1.08 (above), so aux_loss = 0.108.
+    assert fusion.HEADS["moe"].Config().balance_coef == 0.1
+    head = make("moe").eval()
+    with torch.no_grad():
+        fix_gate(head, [0.7, 0.1, 0.1, 0.1])
+        out = head(torch.randn(5, IN_DIM))
+    assert out["aux_loss"].item() == pytest.approx(0.108, rel=1e-5)
+
+
+def test_moe_mixes_its_experts_by_the_gate():
+    x = torch.randn(5, IN_DIM)
+    head = make("moe").eval()
+    with torch.no_grad():
+        experts = np.stack([expert(x).numpy() for expert in head.experts], axis=1)  # [B,E,K]
+        out = head(x)  # the gate of random weights: different per sample
+        gates = out["gates"].numpy()
+        fix_gate(head, [0.7, 0.1, 0.1, 0.1])
+        fixed = head(x)
+    assert np.ptp(gates, axis=0).max() > 1e-3
+    mixed = np.concatenate([out[task].numpy() for task in OUTPUTS], axis=1)
+    np.testing.assert_allclose(mixed, np.einsum("be,bek->bk", gates, experts), rtol=1e-5, atol=1e-6)
+    mixed = np.concatenate([fixed[task].numpy() for task in OUTPUTS], axis=1)
+    np.testing.assert_allclose(mixed, np.einsum("e,bek->bk", [0.7, 0.1, 0.1, 0.1], experts), rtol=1e-5, atol=1e-6)
+    assert np.abs(mixed - experts.mean(axis=1)).max() > 1e-3  # the mean of the experts is another thing
 
 
 def test_uniform_gate_passes_the_gated_mlp_through():

@@ -59,9 +59,41 @@ def test_exponent_floats_parse_as_floats(tmp_path):
 
 def test_list_and_bool_overrides():
     cfg = load_config(None, ["preprocess.modalities=[text]", "model.modalities=[text]",
-                             "preprocess.video.face_crop=true"])
+                             "preprocess.audio.waveform=true"])
     assert cfg.preprocess.modalities == ["text"]
-    assert cfg.preprocess.video.face_crop is True
+    assert cfg.preprocess.audio.waveform is True
+
+
+def test_face_crop_reads_the_old_booleans_and_old_caches_keep_their_key():
+    from pipeline.cache import params_key
+
+    assert load_config(None, ["preprocess.video.face_crop=true"]).preprocess.video.face_crop == "opencv"
+    assert load_config(None, ["preprocess.video.face_crop=false"]).preprocess.video.face_crop == "none"
+    assert load_config(None, ["preprocess.video.face_crop=mtcnn"]).preprocess.video.face_crop == "mtcnn"
+    with pytest.raises(ConfigError, match=r"preprocess.video.face_crop: 'dlib' is not one of \['none', 'opencv', 'mtcnn'\]"):
+        load_config(None, ["preprocess.video.face_crop=dlib"])
+    # The parameters a cache made before audio.waveform and the face detector names has in its meta.json:
+    old = to_dict(load_config().preprocess)
+    del old["audio"]["waveform"]
+    for before, now in ((False, "none"), (True, "opencv")):
+        old["video"]["face_crop"] = before
+        current = to_dict(load_config(None, [f"preprocess.video.face_crop={now}"]).preprocess)
+        assert params_key(current) == params_key(old)
+    assert params_key(to_dict(load_config(None, ["preprocess.audio.waveform=true"]).preprocess)) != params_key(old)
+    assert params_key(to_dict(load_config(None, ["preprocess.video.face_crop=mtcnn"]).preprocess)) != params_key(old)
+
+
+def test_waveform_audio_encoders_need_the_waveform_in_the_cache(tiny_wav2vec2_model):
+    whisper = ["model.encoders.audio.type=whisper", "model.encoders.audio.pretrained=false"]
+    with pytest.raises(ConfigError, match=r"model.encoders.audio.type: whisper reads the waveform.*"
+                                          r"preprocess.audio.waveform=true"):
+        load_config(None, whisper)
+    with pytest.raises(ConfigError, match="hf_audio reads the waveform"):
+        load_config(None, ["model.encoders.audio.type=hf_audio", f"model.encoders.audio.model={tiny_wav2vec2_model}"])
+    assert load_config(None, [*whisper, "preprocess.audio.waveform=true"]).model.encoders["audio"]["type"] == "whisper"
+    # A model that does not read audio does not need it; VGGish reads the log-mel.
+    load_config(None, [*whisper, "model.modalities=[text,video]"])
+    load_config(None, ["model.encoders.audio.type=vggish"])
 
 
 def test_changing_component_type_drops_old_keys(tmp_path):

@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader
 
 from pipeline import cache
 from pipeline.config import PreprocessConfig, VideoFeatures, to_dict
-from pipeline.data import MIN_AUDIO_FRAMES, MeldDataset, collate
+from pipeline.data import MIN_AUDIO_FRAMES, MeldDataset, collate, make_item
 
 PARAMS = to_dict(PreprocessConfig(video=VideoFeatures(num_frames=2, size=16)))
 
@@ -80,7 +80,7 @@ def test_collate_builds_the_spec_batch(split_dir):
 def test_short_audio_is_padded_to_the_minimum_and_modalities_can_be_chosen(split_dir):
     dataset = MeldDataset(split_dir, modalities=["audio"])
     batch = collate([dataset[0], dataset[3]])
-    assert set(batch) == {"ids", "labels", "audio"}
+    assert set(batch) == {"ids", "labels", "dialogue", "audio"}
     assert batch["audio"]["log_mel"].shape == (2, MIN_AUDIO_FRAMES, 64)
     with pytest.raises(ValueError, match="not in the cache"):
         MeldDataset(split_dir, modalities=["text", "depth"])
@@ -105,3 +105,33 @@ def test_shapes_of_a_damaged_entry_name_the_file(split_dir):
     (split_dir / "items" / "dia0_utt1.npz").write_bytes(b"not a zip")
     with pytest.raises(cache.DamagedEntryError, match="dia0_utt1.npz.*rerun preprocessing"):
         MeldDataset(split_dir).cache.shapes("dia0_utt1")
+
+
+def test_a_waveform_cache_adds_the_waveform_beside_the_log_mel(tmp_path):
+    from pipeline.config import AudioFeatures
+
+    params = to_dict(PreprocessConfig(modalities=["audio"], audio=AudioFeatures(waveform=True)))
+    rows = [sample("dia0_utt0", ["audio"], 0, 3, "joy", "positive"), sample("dia0_utt1", [], 0, 0, "joy", "positive"),
+            sample("dia0_utt2", ["audio"], 0, 2, "joy", "positive")]
+    rows[0][1]["waveform"] = np.array([32767, -32767, 16384, 0, 1], np.int16)
+    rows[2][1]["waveform"] = np.array([-16384, 8], np.int16)
+    rows[1][0]["status"], rows[1][0]["reason"] = "skipped", "empty file"
+    split_dir = cache.prepare_split(tmp_path / "dev", "dev", params, [row["id"] for row, _ in rows])
+    for row, arrays in rows:
+        cache.write_entry(split_dir, row, arrays or None)
+    cache.merge_split(split_dir)
+    dataset = MeldDataset(split_dir)
+    audio = collate([dataset[0], dataset[1]])["audio"]
+    assert audio["lengths"].tolist() == [3, 2]  # log-mel frames, as VGGish reads them
+    assert audio["waveform_lengths"].tolist() == [5, 2]  # samples, as whisper / hf_audio read them
+    assert audio["waveform"].dtype == torch.float32
+    expected = torch.tensor([[32767, -32767, 16384, 0, 1], [-16384, 8, 0, 0, 0]]) / 32767
+    torch.testing.assert_close(audio["waveform"], expected)
+    assert audio["log_mel"].shape == (2, MIN_AUDIO_FRAMES, 64)
+    # A sample without audio in a waveform cache gets an empty waveform, masked out.
+    item = make_item("x", {}, [], ["audio"], params, {"emotion": 0, "sentiment": 0, "regression": torch.zeros(1)})
+    first = dataset[0]
+    del first["dialogue"]  # make_item's items (inference) have no dialogue position
+    batch = collate([first, item])["audio"]
+    assert batch["waveform_lengths"].tolist() == [5, 0] and batch["mask"].tolist() == [True, False]
+    assert batch["waveform"][1].eq(0).all()

@@ -50,6 +50,22 @@ def test_single_process_defaults(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["a.pt"]
 
 
+def test_save_on_main_keeps_the_old_file_when_writing_dies_midway(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    dist.save_on_main({"epoch": 1}, path)
+
+    def dying_save(obj, target, *args, **kwargs):  # a full disk or a kill, after some bytes
+        with open(target, "wb") as file:
+            file.write(b"PK\x03\x04 half a checkpoint")
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(torch, "save", dying_save)
+    with pytest.raises(OSError, match="No space left"):
+        dist.save_on_main({"epoch": 2}, path)
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=True) == {"epoch": 1}  # the previous checkpoint, whole
+
+
 WORKER = textwrap.dedent("""
     import json, sys, torch
     from pipeline import distributed as dist

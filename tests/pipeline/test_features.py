@@ -110,3 +110,38 @@ def test_extract_features_from_a_clip(tmp_path, tokenizer):
         extract_features(silent, "text is not wanted", audio_only, tokenizer)
     with pytest.raises(ClipError, match="missing file"):
         extract_features(tmp_path / "nope.mp4", "hi", pcfg, tokenizer)
+
+
+def test_the_waveform_is_stored_as_16_bit_pcm_capped_at_max_seconds(tmp_path, tokenizer):
+    from pipeline.features import WAVEFORM_SCALE, pcm16
+    from pipeline.media import load_clip
+
+    clip = make_clip(tmp_path / "c.mp4", 2.0)
+    audio = AudioFeatures(max_seconds=1.5, waveform=True)
+    arrays, _ = extract_features(clip, None, PreprocessConfig(modalities=["audio"], audio=audio), tokenizer)
+    decoded = load_clip(clip, AudioFeatures(max_seconds=5.0), None).waveform  # the whole 2 s, float32
+    assert arrays["waveform"].dtype == np.int16 and arrays["waveform"].shape == (24000,)  # 1.5 s at 16 kHz
+    np.testing.assert_allclose(arrays["waveform"] / WAVEFORM_SCALE, decoded[:24000], atol=1 / WAVEFORM_SCALE)
+    assert np.abs(arrays["waveform"]).max() > 0.1 * WAVEFORM_SCALE  # the sine (amplitude 1/8), not silence
+    # The log-mel is still there (VGGish reads it), and without the option no waveform is stored.
+    assert arrays["log_mel"].shape[0] == 1 + (24000 - 400) // 160
+    plain, _ = extract_features(clip, None, PreprocessConfig(modalities=["audio"]), tokenizer)
+    assert set(plain) == {"log_mel"}
+    # Longer input than max_seconds is cut, and samples past full scale are clipped.
+    assert pcm16(np.full(40000, 1.5, np.float32), audio).tolist() == [WAVEFORM_SCALE] * 24000
+
+
+def test_face_crop_notes_how_many_frames_showed_a_face(tmp_path, tokenizer, monkeypatch):
+    from pipeline import media
+
+    clip = make_clip(tmp_path / "c.mp4", 1.0)
+    frames_seen = iter(range(100))
+    monkeypatch.setattr(media, "largest_face", lambda frame: (4, 4, 8, 8) if next(frames_seen) % 2 else None)
+    pcfg = PreprocessConfig(modalities=["video"], video=VideoFeatures(num_frames=4, size=16, face_crop="opencv"))
+    notes = {}
+    arrays, _ = extract_features(clip, None, pcfg, tokenizer, notes)
+    assert notes == {"face_frames": 2} and arrays["frames"].shape == (4, 16, 16, 3)
+    notes = {}
+    extract_features(clip, None, PreprocessConfig(modalities=["video"], video=VideoFeatures(num_frames=4, size=16)),
+                     tokenizer, notes)
+    assert notes == {}  # no face crop, nothing to note

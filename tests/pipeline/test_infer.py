@@ -59,6 +59,7 @@ def evaluate_cache(checkpoint: Path, split_dir: Path) -> dict[str, dict[str, np.
             outputs = model(batch)
             for row, id_ in enumerate(batch["ids"]):
                 expected[id_] = {task: outputs[task][row].softmax(0).numpy() for task in ("emotion", "sentiment")}
+                expected[id_]["regression"] = outputs["regression"][row].numpy()
     return expected
 
 
@@ -107,6 +108,7 @@ def test_predictions_equal_evaluation_through_the_training_cache(trained, tmp_pa
             assert row["modalities"] == ["audio", "text", "video"]
             for task, names in (("emotion", EMOTIONS), ("sentiment", SENTIMENTS)):
                 np.testing.assert_allclose(probs(row, task, names), expected[row["id"]][task], atol=ATOL)
+            np.testing.assert_allclose([row["regression"]["polarity"]], expected[row["id"]]["regression"], atol=ATOL)
         else:  # the unlabelled extra clip that no CSV row names: predicted without text
             assert row["modalities"] == ["audio", "video"]
     report = capsys.readouterr().out

@@ -163,8 +163,8 @@ def test_face_crop_follows_the_detected_face(monkeypatch):
     boxes = {0: (40, 10, 10, 10)}  # detected in the first frame only
     calls = iter(range(3))
     monkeypatch.setattr(media, "largest_face", lambda frame: boxes.get(next(calls)))
-    out = media.face_crop(frames, size=20)
-    assert out.shape == (3, 20, 20, 3)
+    out, found = media.face_crop(frames, size=20)
+    assert out.shape == (3, 20, 20, 3) and found == 1
     for frame in out:  # every frame uses the nearest detection: the face fills the crop's centre
         assert frame[8:12, 8:12].min() == 255 and frame[0, 0].max() == 0
 

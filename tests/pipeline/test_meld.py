@@ -27,7 +27,7 @@ def test_reads_a_cp1252_file_and_padded_headers(tmp_path):
     path = tmp_path / "old.csv"
     path.write_bytes(text.encode("cp1252"))  # not UTF-8: "’" is the single byte 0x92
     (parsed,) = read_csv(path)
-    assert parsed.utterance == "I\x92m here"  # normalize_text turns it back into "’"
+    assert parsed.utterance == "I\u2019m here"  # each non-UTF-8 byte read as cp1252
 
 
 @pytest.mark.parametrize("change, message", [

@@ -253,3 +253,15 @@ def test_shell_wrapper_prints_usage():
     result = subprocess.run(["bash", str(REPO / "scripts" / "preprocess_meld.sh")], capture_output=True, text=True)
     assert result.returncode == 2
     assert "MELD_ROOT OUT_DIR" in result.stderr and "--num-shards" in result.stderr
+
+
+def test_manifest_rows_record_the_frames_with_a_face(tree, tmp_path, monkeypatch):
+    from pipeline import media
+
+    frames_seen = iter(range(10_000))
+    monkeypatch.setattr(media, "largest_face", lambda frame: (2, 2, 6, 6) if next(frames_seen) % 4 == 0 else None)
+    out = tmp_path / "faces"
+    assert run(tree, out, "--splits", "dev", "preprocess.video.face_crop=opencv",
+               "preprocess.modalities=[video]") == 0
+    rows = [row for row in manifest(out, "dev").values() if row["status"] == "ok"]
+    assert rows and all(row["face_frames"] == 1 for row in rows)  # 1 of each clip's 4 frames

@@ -1,10 +1,12 @@
 """``pipeline.train`` with test-only hooks, run as a script (alone or under torchrun):
 
-    python tests/pipeline/train_harness.py [--ids DIR] [--kill-at EPOCH:STEP] -- [train args ...]
+    python tests/pipeline/train_harness.py [--ids DIR] [--kill-at EPOCH:STEP] [--node-local-output] -- [train args ...]
 
 ``--ids DIR``: every rank appends the clip ids of each training batch to
 ``DIR/rank<R>.jsonl`` (one line per step: epoch, step, ids). ``--kill-at E:S``: the process
 SIGKILLs itself just before training step S of epoch E (both 0-based), as a crash would.
+``--node-local-output``: every rank but 0 gets ``output_dir=<output_dir>-rank<R>``, a folder
+of its own, as on nodes that share no filesystem.
 Nothing here is part of the package: the hooks wrap ``train_one_epoch``'s loader.
 """
 from __future__ import annotations
@@ -44,9 +46,13 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--ids", type=Path)
     parser.add_argument("--kill-at", type=lambda text: tuple(int(v) for v in text.split(":")))
+    parser.add_argument("--node-local-output", action="store_true")
     args, rest = parser.parse_known_args()
     if rest[:1] == ["--"]:
         rest = rest[1:]
+    rank = os.environ.get("RANK", "0")
+    if args.node_local_output and rank != "0":
+        rest = [f"{item}-rank{rank}" if item.startswith("output_dir=") else item for item in rest]
     if args.ids is not None:
         args.ids.mkdir(parents=True, exist_ok=True)
     original = train.train_one_epoch

@@ -1,0 +1,92 @@
+"""Outputs never destroy inputs: ``pipeline.infer --out`` naming a clip, the checkpoint, the
+transcripts, a link to one of them or a directory is refused before any work, leaving every
+file as it was; a second run with the same ``--out`` as a live one is refused (the live one's
+``OUT.partial`` is locked) instead of interleaving rows into it."""
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from pipeline import infer
+from pipeline.meld import CLIP_DIRS, CSV_NAMES
+
+
+@pytest.fixture()
+def inputs(trained_run, tiny_meld_cache, tmp_path) -> dict[str, Path]:
+    """Copies of a checkpoint, the dev clips and their CSV (the tests may try to overwrite them)."""
+    root = Path(tiny_meld_cache["meld_root"])
+    clips = tmp_path / "clips"
+    shutil.copytree(root / CLIP_DIRS["dev"], clips)
+    checkpoint = tmp_path / "best.pt"
+    shutil.copy(trained_run["out"] / "best.pt", checkpoint)
+    transcripts = tmp_path / "dev.csv"
+    shutil.copy(root / CSV_NAMES["dev"], transcripts)
+    return {"clips": clips, "checkpoint": checkpoint, "transcripts": transcripts,
+            "clip": sorted(clips.glob("*.mp4"))[0]}
+
+
+def predict(inputs: dict[str, Path], out: Path, *extra: str) -> int:
+    return infer.main(["--checkpoint", str(inputs["checkpoint"]), "--clips", str(inputs["clips"]),
+                       "--transcripts", str(inputs["transcripts"]), "--out", str(out), "--workers", "0",
+                       "--device", "cpu", *extra])
+
+
+def snapshot(folder: Path) -> dict[Path, bytes]:
+    return {path: path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+@pytest.mark.parametrize("target", ["clip", "checkpoint", "transcripts", "symlink_to_clip", "hardlink_to_checkpoint",
+                                    "partial_is_clip"])
+def test_an_out_that_is_an_input_is_refused_before_any_work(inputs, tmp_path, caplog, target):
+    if target == "symlink_to_clip":
+        out = tmp_path / "link.jsonl"
+        out.symlink_to(inputs["clip"])
+    elif target == "hardlink_to_checkpoint":
+        out = tmp_path / "hard.jsonl"
+        os.link(inputs["checkpoint"], out)
+    elif target == "partial_is_clip":  # OUT.partial, the file the run writes first, is a clip
+        out = inputs["clip"].parent / "x.jsonl"
+        (inputs["clip"].parent / "x.jsonl.partial").symlink_to(inputs["clip"])
+    else:
+        out = inputs[target]
+    before = snapshot(tmp_path)
+    with caplog.at_level(logging.ERROR):
+        status = predict(inputs, out)
+    assert status == 1
+    assert f"--out {out}:" in caplog.text and "is an input of this run" in caplog.text
+    assert snapshot(tmp_path) == before  # every input byte for byte, nothing written
+
+
+def test_an_out_that_is_a_directory_fails_before_any_work(inputs, tmp_path, caplog):
+    out = tmp_path / "predictions"
+    out.mkdir()
+    with caplog.at_level(logging.INFO):
+        status = predict(inputs, out)
+    assert status == 1
+    assert f"--out {out}: {out} is a directory" in caplog.text
+    assert "clips;" not in caplog.text  # refused before the jobs were even made
+    assert list(out.iterdir()) == []
+
+
+def test_a_second_run_with_the_same_out_is_refused_while_the_first_writes(inputs, tmp_path, caplog):
+    out = tmp_path / "p.jsonl"
+    partial = out.with_name("p.jsonl.partial")
+    with open(partial, "w", encoding="utf-8") as live:  # a live run: it holds the lock and has written a row
+        fcntl.flock(live.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        live.write('{"clip": "a row of the first run"}\n')
+        live.flush()
+        with caplog.at_level(logging.ERROR):
+            status = predict(inputs, out)
+        assert status == 1
+        assert f"another pipeline.infer run is writing it ({partial} is locked)" in caplog.text
+        assert partial.read_text(encoding="utf-8") == '{"clip": "a row of the first run"}\n'  # untouched
+        assert not out.exists()
+    assert predict(inputs, out) == 0  # once the first run is gone, the same --out works
+    rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert len(rows) == len(list(inputs["clips"].glob("*.mp4"))) and not partial.exists()
