@@ -28,6 +28,15 @@ def waveform_lengths(inputs: Mapping[str, Any]) -> Any:
     return inputs["waveform_lengths"] if "waveform_lengths" in inputs else inputs["lengths"]
 
 
+def check_pretrained_fields(freeze_layers: int, dropout: float) -> None:
+    """Config checks shared by the pretrained encoders: ``freeze_layers`` >= -1 (-1 = all
+    frozen) and an output ``dropout`` in [0, 1)."""
+    if freeze_layers < -1:
+        raise ValueError(f"freeze_layers: must be >= -1 (-1 = all), got {freeze_layers}")
+    if not 0 <= dropout < 1:
+        raise ValueError(f"dropout: must be in [0, 1), got {dropout}")
+
+
 def build(section: Mapping[str, Any], load_weights: bool = True) -> nn.Module:
     """Build the encoder of a config section ``{"type": name, **fields}``.
 

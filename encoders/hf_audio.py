@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from encoders import register, waveform_lengths
+from encoders import check_pretrained_fields, register, waveform_lengths
 
 SAMPLE_RATE = 16_000
 # Training-time noise that would leave parameters without gradients in a step (layers
@@ -77,10 +77,7 @@ class HFAudioEncoder(nn.Module):
         pretrained: bool = True  # False = random init from the model's config (tests, ablations)
 
         def __post_init__(self) -> None:
-            if self.freeze_layers < -1:
-                raise ValueError(f"freeze_layers: must be >= -1 (-1 = all), got {self.freeze_layers}")
-            if not 0 <= self.dropout < 1:
-                raise ValueError(f"dropout: must be in [0, 1), got {self.dropout}")
+            check_pretrained_fields(self.freeze_layers, self.dropout)
 
     def __init__(self, cfg: Config, load_weights: bool = True) -> None:
         """``load_weights=False`` builds the architecture only (the caller loads a checkpoint)."""

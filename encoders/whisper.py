@@ -18,7 +18,7 @@ import torch
 import torchaudio
 from torch import nn
 
-from encoders import register, waveform_lengths
+from encoders import check_pretrained_fields, register, waveform_lengths
 from encoders.ctranslate2 import read_model
 from encoders.models_home import ModelNotInstalledError, canonical_name, fetch_command, require_model
 from encoders.weights import WeightsError, load_matching
@@ -104,13 +104,10 @@ class WhisperAudioEncoder(nn.Module):
         num_mel_bins: int = 80
 
         def __post_init__(self) -> None:
-            if self.freeze_layers < -1:
-                raise ValueError(f"freeze_layers: must be >= -1 (-1 = all), got {self.freeze_layers}")
+            check_pretrained_fields(self.freeze_layers, self.dropout)
             if self.freeze_layers > self.encoder_layers:
                 raise ValueError(f"freeze_layers: {self.freeze_layers} is more than the model's "
                                  f"{self.encoder_layers} layers")
-            if not 0 <= self.dropout < 1:
-                raise ValueError(f"dropout: must be in [0, 1), got {self.dropout}")
             for name in ("d_model", "encoder_layers", "encoder_attention_heads", "encoder_ffn_dim", "num_mel_bins"):
                 if getattr(self, name) < 1:
                     raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
