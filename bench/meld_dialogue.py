@@ -125,7 +125,8 @@ def make_vectors(args: argparse.Namespace, source: str) -> dict[str, Any]:
     out = args.work_dir / f"emb-{source}"
     if source == "finetuned":
         command = ["--checkpoint", str(args.finetuned)]
-        what = f"encoders of {args.finetuned.parent.name} (fine-tuned)"
+        model = load_config(str(config)).preprocess.text.model
+        what = f"{model}, fine-tuned ({args.finetuned.parent.name})"
     else:
         command = ["--config", str(config), *preprocess_overrides(args)]
         what = f"{MODELS[source]}, frozen"
@@ -134,8 +135,22 @@ def make_vectors(args: argparse.Namespace, source: str) -> dict[str, Any]:
                          "--batch-size", str(args.batch_size), *command])
     if status != 0:
         raise SystemExit(f"the embedding pass of {source} failed")
-    return {"config": config, "cache": cache, "vectors": out, "minutes": (time.perf_counter() - started) / 60,
-            "what": what}
+    return {"config": config, "cache": cache, "vectors": out, "what": what,
+            "minutes": pass_minutes(out, args.work_dir / f"embed-{source}.json", started)}
+
+
+def pass_minutes(out: Path, record: Path, started: float) -> float:
+    """The minutes of the embedding pass that wrote ``out``: this call's, or, when this call
+    found the vectors up to date (``out``'s files unchanged since ``record`` was written), the
+    minutes ``record`` holds from the pass that made them."""
+    stamp = sorted((str(f.relative_to(out)), f.stat().st_mtime_ns) for f in out.rglob("*") if f.is_file())
+    if record.is_file():
+        held = json.loads(record.read_text(encoding="utf-8"))
+        if held.get("stamp") == [list(item) for item in stamp]:
+            return held["minutes"]
+    minutes = (time.perf_counter() - started) / 60
+    record.write_text(json.dumps({"minutes": minutes, "stamp": stamp}), encoding="utf-8")
+    return minutes
 
 
 def train_seed(args: argparse.Namespace, source: str, made: dict[str, Any], context: str, seed: int) -> dict:

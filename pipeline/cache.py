@@ -18,7 +18,9 @@ written after its arrays, so a killed run never leaves a half-written entry that
 or a resumed run would take for a finished one. ``meta.json`` keys the cache by the
 preprocessing parameters: a run or reader with other parameters is refused. Shards of one
 run write into the same folder; whichever finishes last assembles ``manifest.jsonl``
-(``merge_split``), and until then ``CacheSplit`` reads the status records.
+(``merge_split``), and until then ``CacheSplit`` reads the status records. A manifest that
+does not list every id of ids.json (cut short) is refused by readers and written again by
+a rerun of preprocessing.
 """
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ import os
 import time
 import zipfile
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Collection, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -39,11 +41,28 @@ STALE_TMP_SECONDS = 3600.0  # a temporary file this old belongs to a run that wa
 
 
 class CacheMismatchError(ValueError):
-    """A cache made with other preprocessing parameters (the message lists the differences)."""
+    """A cache this run cannot use: made with other preprocessing parameters (the message
+    lists the differences), or found damaged when opened (the subclasses below)."""
 
 
 class DamagedEntryError(ValueError):
     """A sample's arrays that cannot be read (the message names the file and how to rebuild it)."""
+
+
+class UnusableEntryError(DamagedEntryError, CacheMismatchError):
+    """An entry found damaged when a dataset is opened (``CacheSplit.check_entry``): a cache a
+    run refuses before any work. (Found while a run reads it: a DamagedEntryError alone.)"""
+
+
+class DamagedManifestError(CacheMismatchError):
+    """A ``manifest.jsonl`` cut short or damaged (``problem`` says how; the message adds that
+    rerunning preprocessing, which writes it again from the status records, repairs it)."""
+
+    def __init__(self, path: Path, problem: str) -> None:
+        self.problem = problem
+        super().__init__(f"{path}: {problem}. Rerunning preprocessing on this cache repairs it (python -m "
+                         f"pipeline.preprocess MELD_ROOT {path.parent.parent} --splits {path.parent.name} with the "
+                         "parameters that made it)")
 
 
 # --------------------------------------------------------------------------- parameters
@@ -58,9 +77,13 @@ def key_params(preprocess: Mapping[str, Any]) -> dict[str, Any]:
     """The parameters as the key reads them. A parameter added after caches were first made,
     at the value that reproduces those caches, is written as they wrote it: ``audio.waveform``
     false is left out, ``video.face_crop`` none / opencv is the boolean false / true it once
-    was. So a cache made before either existed keeps its key."""
+    was. So a cache made before either existed keeps its key. Audio caches carry
+    ``audio.downmix``: the log-mels of caches made before multichannel audio was downmixed
+    to the mean of its channels (media.audio_output) differ, so those caches no longer match."""
     params = json.loads(json.dumps(preprocess))
     audio, video = params.get("audio"), params.get("video")
+    if isinstance(audio, dict) and "audio" in params.get("modalities", ()):
+        audio["downmix"] = "mean"
     if isinstance(audio, dict) and audio.get("waveform") is False:
         del audio["waveform"]
     if isinstance(video, dict) and video.get("face_crop") in ("none", "opencv"):
@@ -200,6 +223,40 @@ def merge_split(split_dir: str | Path) -> list[str]:
     return []
 
 
+def read_manifest(split_dir: str | Path) -> list[dict[str, Any]]:
+    """The rows of ``manifest.jsonl``; DamagedManifestError when a line is not a whole row
+    (a file cut in the middle of a line) or the rows are not those of ``ids.json`` in its
+    order (a file cut at a line end, which would silently leave samples out)."""
+    path = Path(split_dir) / "manifest.jsonl"
+    rows = []
+    with open(path, encoding="utf-8") as file:
+        for number, line in enumerate(file, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DamagedManifestError(path, f"line {number} is cut short or damaged ({err.msg}, "
+                                                 f"column {err.colno})") from None
+            if not isinstance(row, dict) or not {"id", "status"} <= row.keys():
+                raise DamagedManifestError(path, f"line {number} is not a manifest row")
+            rows.append(row)
+    ids_path = path.with_name("ids.json")
+    if not ids_path.is_file():
+        return rows
+    ids = read_json(ids_path)
+    if len(rows) != len(ids):
+        problem = (f"the manifest of split {path.parent.name!r} lists {len(rows)} rows but the cache holds "
+                   f"{len(ids)} ids ({ids_path.name})")
+        if len(rows) < len(ids):
+            problem += f": it is cut short, and reading it would silently leave out {len(ids) - len(rows)} entries"
+        raise DamagedManifestError(path, problem)
+    for number, (row, id_) in enumerate(zip(rows, ids), 1):
+        if row["id"] != id_:
+            raise DamagedManifestError(path, f"row {number} is {row['id']!r} where {ids_path.name} lists {id_!r}")
+    return rows
+
+
 def remove_stale_tmp(split_dir: Path) -> None:
     """Delete temporary files old enough to belong to killed runs, not running ones."""
     cutoff = time.time() - STALE_TMP_SECONDS
@@ -213,6 +270,22 @@ def remove_stale_tmp(split_dir: Path) -> None:
 
 
 # --------------------------------------------------------------------------- reading
+def expected_arrays(preprocess: Mapping[str, Any], modalities: Collection[str]) -> dict[str, tuple[tuple, str]]:
+    """The arrays an ok entry with these present modalities holds, as the layout above
+    gives them: name -> (shape, a size or the name of a free length per dimension; dtype)."""
+    arrays: dict[str, tuple[tuple, str]] = {}
+    if "text" in modalities:
+        arrays.update(input_ids=(("L",), "int32"), attention_mask=(("L",), "int8"))
+    if "audio" in modalities:
+        arrays["log_mel"] = (("T", preprocess["audio"]["n_mels"]), "float32")
+        if preprocess["audio"].get("waveform"):
+            arrays["waveform"] = (("S",), "int16")
+    if "video" in modalities:
+        video = preprocess["video"]
+        arrays["frames"] = ((video["num_frames"], video["size"], video["size"], 3), "uint8")
+    return arrays
+
+
 class CacheSplit:
     """Read access to one split of the cache.
 
@@ -241,8 +314,7 @@ class CacheSplit:
 
     def read_rows(self) -> Iterable[dict[str, Any]]:
         if self.complete:
-            with open(self.split_dir / "manifest.jsonl", encoding="utf-8") as file:
-                yield from (json.loads(line) for line in file if line.strip())
+            yield from read_manifest(self.split_dir)
             return
         done = done_ids(self.split_dir)
         ids_path = self.split_dir / "ids.json"
@@ -260,15 +332,50 @@ class CacheSplit:
     def shapes(self, id_: str) -> dict[str, tuple[int, ...]]:
         """The shape of each array of sample ``id_``, read from the .npy headers alone (a
         video sample's frames are not read); DamagedEntryError as for ``load``."""
-        shapes = {}
+        return {name: shape for name, (shape, _) in self.headers(id_).items()}
+
+    def headers(self, id_: str) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+        """(shape, dtype) of each array of sample ``id_`` from the .npy headers alone."""
+        headers = {}
         with self.reading(id_) as path, zipfile.ZipFile(path) as archive:
             for member in archive.namelist():
                 with archive.open(member) as file:
                     version = np.lib.format.read_magic(file)
                     header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
                               else np.lib.format.read_array_header_2_0)
-                    shapes[member.removesuffix(".npy")] = header(file)[0]
-        return shapes
+                    shape, _, dtype = header(file)
+                    headers[member.removesuffix(".npy")] = (shape, dtype)
+        return headers
+
+    def check_entry(self, record: Mapping[str, Any], modalities: Collection[str]) -> dict[str, tuple[int, ...]]:
+        """The array shapes of ok sample ``record`` once its arrays of ``modalities`` are those
+        its manifest row and the cache's parameters promise (``expected_arrays``): present,
+        with their rank, fixed sizes and dtype. Reads the headers alone; UnusableEntryError
+        naming the file and the entry otherwise."""
+        try:
+            headers = self.headers(record["id"])
+        except DamagedEntryError as err:
+            raise UnusableEntryError(str(err)) from err.__cause__
+        wanted = expected_arrays(self.preprocess, set(record["modalities"]) & set(modalities))
+        problems = []
+        for name, (shape, dtype) in wanted.items():
+            if name not in headers:
+                problems.append(f"no {name} array")
+                continue
+            got_shape, got_dtype = headers[name]
+            if (len(got_shape) != len(shape) or got_dtype != np.dtype(dtype)
+                    or any(isinstance(size, int) and size != got for size, got in zip(shape, got_shape))):
+                problems.append(f"{name} is {got_dtype}{list(got_shape)}, expected {dtype}[{', '.join(map(str, shape))}]")
+        if problems:
+            path = self.split_dir / "items" / f"{record['id']}.npz"
+            raise UnusableEntryError(f"{path}: cache entry {record['id']} is damaged ({'; '.join(problems)}); "
+                                     f"{self.rebuild_hint(record['id'])}")
+        return {name: shape for name, (shape, _) in headers.items()}
+
+    def rebuild_hint(self, id_: str) -> str:
+        """What to do about a damaged entry ``id_``."""
+        return (f"delete it and {self.split_dir / 'status' / f'{id_}.json'}, then rerun preprocessing "
+                "to rebuild it")
 
     @contextlib.contextmanager
     def reading(self, id_: str) -> Iterator[Path]:
@@ -277,9 +384,8 @@ class CacheSplit:
         try:
             yield path
         except (OSError, EOFError, ValueError, zipfile.BadZipFile) as err:
-            raise DamagedEntryError(
-                f"{path}: unreadable cache entry ({type(err).__name__}: {err}); delete it and "
-                f"{self.split_dir / 'status' / f'{id_}.json'}, then rerun preprocessing to rebuild it") from err
+            raise DamagedEntryError(f"{path}: unreadable cache entry ({type(err).__name__}: {err}); "
+                                    f"{self.rebuild_hint(id_)}") from err
 
     def check_params(self, preprocess: Mapping[str, Any]) -> None:
         """Raise CacheMismatchError, listing the differing keys, unless this cache was made

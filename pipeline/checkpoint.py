@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 # Keys of a run checkpoint that only resuming reads; best.pt goes without them.
 RESUME_KEYS = ("optimizer", "scheduler", "scaler", "rng", "training_model", "average_updates", "bad_epochs",
-               "sampler_epoch", "frozen_encoders")
+               "sampler_epoch", "frozen_encoders", "epoch_progress")
 
 
 def rng_state(device: torch.device | None = None) -> dict[str, Any]:

@@ -42,6 +42,9 @@ class MeldDataset(Dataset):
             raise ValueError(f"modalities {unknown} are not in the cache {split_dir} "
                              f"(it holds {sorted(cached)})")
         self.records = self.cache.records
+        # Every entry checked from its arrays' headers now (4.7 s for MELD's 9,989 training
+        # utterances), so that a damaged one stops a run before it trains, naming its file.
+        self.shapes = [self.cache.check_entry(record, self.modalities) for record in self.records]
 
     def __len__(self) -> int:
         return len(self.records)
@@ -61,11 +64,11 @@ class MeldDataset(Dataset):
         """Each sample's padded length, the dimension that ``collate`` pads and the encoders'
         cost grows with: log-mel frames when the dataset reads audio (the costlier encoder),
         else text tokens; 0 for a sample without that modality. None for video only (no
-        padding). Read from the arrays' headers: 4.7 s for MELD's 9,989 training utterances."""
+        padding). Read from the arrays' headers when the dataset was opened."""
         array = "log_mel" if "audio" in self.modalities else "input_ids" if "text" in self.modalities else None
         if array is None:
             return None
-        return np.array([self.cache.shapes(record["id"]).get(array, (0,))[0] for record in self.records])
+        return np.array([shapes.get(array, (0,))[0] for shapes in self.shapes])
 
 
 def make_item(id_: str, arrays: Mapping[str, np.ndarray], present: Collection[str], modalities: Sequence[str],

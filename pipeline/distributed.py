@@ -9,6 +9,7 @@ launched some other way, so no job hangs.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -93,13 +94,27 @@ def seed_everything(seed: int) -> int:
     return rank_seed
 
 
+class CheckpointWriteError(OSError):
+    """A checkpoint that could not be written (a full disk, a quota): the old file is kept."""
+
+
 def save_on_main(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` on rank 0 only, atomically (a killed job never leaves half a file)."""
-    if not is_main_process():
-        return
-    tmp = f"{os.fspath(path)}.tmp"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    """``torch.save`` on rank 0, atomically: a killed job never leaves half a file, and a
+    failed write (a full disk) leaves the previous file and no ``.tmp``, and raises
+    CheckpointWriteError on every rank (collective: every rank calls it)."""
+    def write() -> None:
+        tmp = f"{os.fspath(path)}.tmp"
+        try:
+            torch.save(obj, tmp)
+            os.replace(tmp, path)
+        except OSError as err:
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
+            kept = "the previous one is kept" if os.path.exists(path) else "no earlier one exists"
+            raise CheckpointWriteError(err.errno, f"writing {path} failed: {err.strerror or err} ({kept}); "
+                                                  "free space there and resume with train.resume=true") from None
+
+    from_main(write)
 
 
 def from_main(read: Callable[[], T]) -> T:

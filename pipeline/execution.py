@@ -33,6 +33,18 @@ def amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if setting == "bf16" else torch.float16
 
 
+def inference_dtype(setting: str, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype of inference on ``device`` for a checkpoint trained with ``train.amp``
+    ``setting``: whatever that was, float32 on the CPU (an fp16-trained checkpoint runs there
+    too); on a GPU the training precision as evaluation in training ran it, bf16 turned to
+    fp16 where the GPU does not compute bf16 natively."""
+    if device.type != "cuda" or setting == "off":
+        return None
+    if setting == "bf16" and not torch.cuda.is_bf16_supported(including_emulation=False):
+        return torch.float16
+    return amp_dtype(setting, device)
+
+
 def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
     if dtype is None:
         return contextlib.nullcontext()

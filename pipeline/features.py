@@ -153,7 +153,8 @@ def extract_features(clip_path: str | os.PathLike | None, text: str | Utterance 
     ``clip_path`` None: no audio or video (e.g. a text-only cache); ``text`` None: no text.
     ``tokenizer`` is only used when text is wanted. ``notes``, when given, receives what the
     manifest row records about the clip: ``face_frames``, how many sampled frames showed a
-    face (with ``video.face_crop`` on). Returns (arrays as listed in the module docstring,
+    face (with ``video.face_crop`` on), and ``decode_errors``, what ffmpeg reported about
+    damaged data in a clip that was still kept. Returns (arrays as listed in the module docstring,
     sorted present modalities). Raises ClipError for a missing, empty or unreadable clip,
     one with neither stream, or a sample left with no modality at all.
     """
@@ -178,6 +179,8 @@ def extract_features(clip_path: str | os.PathLike | None, text: str | Utterance 
             modalities.append("video")
         if notes is not None and clip.face_frames is not None:
             notes["face_frames"] = clip.face_frames
+        if notes is not None and clip.decode_errors:
+            notes["decode_errors"] = clip.decode_errors
     non_finite = [name for name, array in arrays.items() if array.dtype.kind == "f" and not np.isfinite(array).all()]
     if non_finite:  # e.g. NaN samples in a float audio stream: never written, never trained on
         raise ClipError(clip_path if clip_path is not None else "<no input>",

@@ -11,9 +11,10 @@ built the training cache) and ``data.make_item`` + ``data.collate`` (the code th
 model in training and evaluation), so a clip gets the prediction evaluation gives it (up to
 float rounding: batches are padded to their longest sample).
 
-Clips: a folder (its video files, sorted by name), a glob pattern, a single clip, or a
-``.txt`` list with one path per line (relative to the list's folder; blank and ``#`` lines
-skipped). Transcripts: a MELD CSV (clip ``dia{D}_utt{U}``; speaker prefix and dialogue
+Clips (``pipeline.clips``): a folder (its video and audio files, sorted by name; what it
+skips is logged, with why), a glob pattern, a single clip, or a ``.txt`` list with one path
+per line (relative to the list's folder; blank and ``#`` lines skipped). An audio-only file
+(``.wav``, ``.m4a``, ...) is predicted from its audio and text, its video masked. Transcripts: a MELD CSV (clip ``dia{D}_utt{U}``; speaker prefix and dialogue
 context as in training; its labels give accuracy and weighted F1), a CSV with ``clip,text``
 columns (and optionally ``speaker``; ``clip`` is a file name, stem or path relative to the
 CSV's folder), or, without ``--transcripts``, a ``.srt`` or ``.txt`` file next to each
@@ -26,12 +27,14 @@ with no place is a dialogue of one.
 
 Output: one row per clip in input order, ``status`` "ok" or "error" (a missing, empty or
 unreadable clip, with the reason; the run goes on and exits 0). JSON lines by default, CSV
-when ``--out`` ends with ``.csv``. Rows are streamed to ``OUT.partial`` as batches finish
-and the file is renamed to ``OUT`` at the end: a reader never mistakes a killed run's output
-for a complete one, and the partial file still holds every row done so far. Before any work,
-an ``--out`` that is one of the run's inputs (a clip, a sidecar, the checkpoint, the
-transcripts, the list; links resolved) or a directory is refused, and ``OUT.partial`` is
-locked (``fcntl.flock``): a second run with the same ``--out`` is refused while one writes.
+when ``--out`` ends with ``.csv`` (``pipeline.predictions``). Rows are streamed to
+``OUT.partial`` as batches finish and the file is renamed to ``OUT`` at the end: a reader
+never mistakes a killed run's output for a complete one, and the partial file still holds
+every row done so far (a write that fails, on a full disk, stops the run with one error
+line and leaves it cut back to its last whole row). Before any work, an ``--out`` that is one of the run's inputs (a clip, a
+sidecar, the checkpoint, the transcripts, the list; links resolved) or a directory is
+refused, and ``OUT.partial`` is locked (``fcntl.flock``): a second run with the same
+``--out`` is refused while one writes.
 
 Decoding runs in a pool of long-lived worker processes (each loads the tokenizer once) fed
 through a bounded window of clips in input order, while this process batches the decoded
@@ -44,10 +47,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import csv
-import fcntl
-import glob
-import json
 import logging
 import math
 import os
@@ -55,61 +54,26 @@ import re
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from pipeline import meld
+from pipeline.clips import list_clips
 from pipeline.config import ConfigError, PreprocessConfig, config_from_dict, from_dict
 from pipeline.data import collate, labels_of, make_item
 from pipeline.decoding import DecodePool, Decoded, Job, batches, dialogue_batches, in_dialogue_order, make_jobs
 from pipeline.distributed import pick_device, setup_cli_logging
-from pipeline.execution import amp_dtype, autocast, to_device
+from pipeline.execution import autocast, inference_dtype, to_device
 from pipeline.metrics import classification_metrics
 from pipeline.model import CheckpointError, MultimodalModel, load_checkpoint
+from pipeline.predictions import TASKS, OutputError, RowWriter, check_output
 from pipeline.transcripts import SIDECAR_EXTENSIONS, InputError, read_transcripts
 
 logger = logging.getLogger(__name__)
 
-VIDEO_EXTENSIONS = (".mp4", ".mkv", ".mov", ".avi", ".webm")
-TASKS = ("emotion", "sentiment")
-
-
-# --------------------------------------------------------------------------- clips
-def list_clips(spec: str) -> list[Path]:
-    """The clips named by ``--clips``: a folder's video files (sorted by name, hidden files
-    skipped), a ``.txt`` list, a single clip, or a glob pattern (its video files, sorted)."""
-    path = Path(spec)
-    if path.is_dir():
-        clips = sorted(p for p in path.iterdir()
-                       if p.suffix.lower() in VIDEO_EXTENSIONS and not p.name.startswith(".") and not p.is_dir())
-        if not clips:
-            raise InputError(f"--clips {spec}: the folder holds no video files ({', '.join(VIDEO_EXTENSIONS)})")
-        return clips
-    if path.is_file():
-        return read_clip_list(path) if path.suffix.lower() == ".txt" else [path]
-    if any(char in spec for char in "*?["):
-        clips = [Path(p) for p in sorted(glob.glob(spec, recursive=True))
-                 if Path(p).suffix.lower() in VIDEO_EXTENSIONS and not Path(p).is_dir()]
-        if not clips:
-            raise InputError(f"--clips {spec}: the pattern matches no video files")
-        return clips
-    raise InputError(f"--clips {spec}: no such folder, list file or clip (nor a glob pattern)")
-
-
-def read_clip_list(path: Path) -> list[Path]:
-    """One clip per line, relative paths taken from the list's folder; blank lines and lines
-    starting with ``#`` are skipped. Listed clips that do not exist become error rows."""
-    clips = []
-    for line in path.read_text(encoding="utf-8-sig").splitlines():
-        entry = line.strip()
-        if entry and not entry.startswith("#"):
-            clips.append(path.parent / entry)  # an absolute entry replaces the folder
-    if not clips:
-        raise InputError(f"--clips {path}: the list names no clip")
-    return clips
 
 
 # --------------------------------------------------------------------------- the model
@@ -120,7 +84,7 @@ class Predictor:
         cfg = config_from_dict(ckpt["config"])
         self.model = MultimodalModel.from_checkpoint(ckpt).to(device)
         self.device = device
-        self.dtype = amp_dtype(cfg.train.amp, device)  # as evaluation in training runs it
+        self.dtype = inference_dtype(cfg.train.amp, device)  # fp32 on the CPU, whatever the training used
         self.modalities = sorted(self.model.encoders)
         self.preprocess = dict(ckpt["preprocess"])
         self.labels: dict[str, list[str]] = {task: list(names) for task, names in ckpt["labels"].items()}
@@ -188,109 +152,6 @@ def error_row(job: Job, reason: str) -> dict[str, Any]:
     return {"clip": job.clip, "id": job.id, "status": "error", "error": reason, "modalities": [],
             "emotion": None, "emotion_probs": None, "sentiment": None, "sentiment_probs": None,
             "regression": None}
-
-
-# --------------------------------------------------------------------------- output
-def check_output(out: Path, inputs: Iterable[Path]) -> None:
-    """Refuse an ``--out`` that would destroy an input or cannot be written, before any work:
-    a directory, a path under a file, or the same file (after resolving links; hard links
-    too) as any of ``inputs`` (clips, their sidecar transcripts, the checkpoint, the
-    transcripts, the clip list), also as ``OUT.partial``."""
-    partial = out.with_name(out.name + ".partial")
-    for path in (out, partial):
-        if path.is_dir():
-            raise InputError(f"--out {out}: {path} is a directory; give a file name such as {path / 'predictions.jsonl'}")
-    parent = next((p for p in out.parents if p.exists()), None)
-    if parent is not None and not parent.is_dir():
-        raise InputError(f"--out {out}: {parent} is a file, not a folder")
-
-    def identity(path: Path) -> tuple:
-        try:
-            stat = path.stat()
-            return ("inode", stat.st_dev, stat.st_ino)
-        except OSError:
-            return ("path", os.path.realpath(path))
-
-    targets = {identity(out): out, identity(partial): partial}
-    for path in inputs:
-        if identity(path) in targets:
-            raise InputError(f"--out {out}: {targets[identity(path)]} is an input of this run ({path}); "
-                             "writing it would destroy it: choose another --out")
-
-
-def claim_partial(partial: Path) -> Any:
-    """Open ``partial`` for writing under an exclusive lock (``fcntl.flock``, released when the
-    file closes or the process dies), truncated only once the lock is held: a second run
-    with the same ``--out`` is refused instead of interleaving its rows into the first's."""
-    partial.parent.mkdir(parents=True, exist_ok=True)
-    descriptor = os.open(partial, os.O_RDWR | os.O_CREAT, 0o666)
-    try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(descriptor)
-        raise InputError(f"--out {partial.with_name(partial.name.removesuffix('.partial'))}: another "
-                         f"pipeline.infer run is writing it ({partial} is locked); wait for it to finish "
-                         "or choose another --out") from None
-    os.ftruncate(descriptor, 0)
-    return os.fdopen(descriptor, "w", encoding="utf-8", newline="")
-
-
-class RowWriter:
-    """Writes rows as JSON lines or CSV to ``OUT.partial`` (locked, see ``claim_partial``),
-    renamed to ``OUT`` by ``commit``. JSON is strict: a non-finite number is an error, never
-    a ``NaN`` that JSON readers reject."""
-
-    def __init__(self, out: Path, labels: Mapping[str, Sequence[str]]) -> None:
-        self.out = out
-        self.partial = out.with_name(out.name + ".partial")
-        self.file = claim_partial(self.partial)
-        self.csv = None
-        if out.suffix.lower() == ".csv":
-            self.columns = (["clip", "id", "status", "error", "modalities"]
-                            + [column for task in TASKS
-                               for column in (task, *(f"{task}_prob_{name}" for name in labels[task]))]
-                            + [f"regression_{name}" for name in labels["regression"]] + ["gates"])
-            self.csv = csv.DictWriter(self.file, fieldnames=self.columns)
-            self.csv.writeheader()
-
-    def write(self, rows: Iterable[Mapping[str, Any]]) -> None:
-        for row in rows:
-            if self.csv is not None:
-                self.csv.writerow(flatten_row(row))
-            else:
-                self.file.write(json.dumps(row, ensure_ascii=False, allow_nan=False) + "\n")
-        self.file.flush()
-
-    def commit(self) -> None:
-        self.file.close()
-        os.replace(self.partial, self.out)
-
-    def abandon(self) -> None:
-        """Close and remove ``OUT.partial`` before any row was written (a run that could not start)."""
-        self.file.close()
-        self.partial.unlink(missing_ok=True)
-
-    def close(self) -> None:
-        """Close without committing (a failed run keeps its rows in ``OUT.partial``)."""
-        if not self.file.closed:
-            self.file.close()
-            logger.warning("the run stopped early; the rows written so far are in %s", self.partial)
-
-
-def flatten_row(row: Mapping[str, Any]) -> dict[str, Any]:
-    """A CSV row: probabilities as ``<task>_prob_<label>`` columns, regression targets as
-    ``regression_<name>``, modalities joined by ``+``, gates as a JSON list."""
-    flat = {key: row[key] for key in ("clip", "id", "status", "error")}
-    flat["modalities"] = "+".join(row["modalities"])
-    for task in TASKS:
-        flat[task] = row[task]
-        for name, p in (row[f"{task}_probs"] or {}).items():
-            flat[f"{task}_prob_{name}"] = p
-    for name, value in (row["regression"] or {}).items():
-        flat[f"regression_{name}"] = value
-    if "gates" in row:
-        flat["gates"] = json.dumps(row["gates"])
-    return flat
 
 
 # --------------------------------------------------------------------------- running
@@ -425,7 +286,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         workers = default_workers(device) if args.workers is None else args.workers
         pool = DecodePool(predictor.preprocess, min(workers, len(jobs)),
                           default_lookahead(args.batch_size, workers)).start()
-    except (CheckpointError, ConfigError, InputError, meld.MeldFormatError, OSError) as err:
+    except (CheckpointError, ConfigError, InputError, meld.MeldFormatError, OSError, OutputError) as err:
         if writer is not None:
             writer.abandon()
         logger.error("%s", err)
@@ -434,8 +295,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(model_threads(workers))
     logger.info("checkpoint %s (epoch %s), %s model on %s, %d decoding workers", args.checkpoint,
                 ckpt.get("epoch"), "+".join(predictor.modalities), device, workers)
-    with pool:
-        summary = run(predictor, jobs, pool, args.out, args.batch_size, writer)
+    try:
+        with pool:
+            summary = run(predictor, jobs, pool, args.out, args.batch_size, writer)
+    except OutputError as err:  # a full disk: one line, the partial file left with whole rows only
+        logger.error("%s", err)
+        return 1
     if summary["metrics"]:
         print("metrics over the labelled ok clips:\n" + format_metrics(summary["metrics"]))
     return 0

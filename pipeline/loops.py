@@ -7,7 +7,7 @@ import contextlib
 import math
 import sys
 import time
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
@@ -65,30 +65,42 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, loss_fn: MultitaskLoss
                     optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
                     scaler: torch.amp.GradScaler, device: torch.device, cfg: TrainConfig, epoch: int,
                     dtype: torch.dtype | None = None, augment: TokenMasker | None = None,
-                    writer: Any = None, average: WeightAverage | None = None) -> dict[str, Any]:
+                    writer: Any = None, average: WeightAverage | None = None,
+                    carried: Mapping[str, Any] | None = None,
+                    stop: Callable[[], bool] | None = None) -> dict[str, Any]:
     """One pass over ``loader`` (at most ``cfg.max_steps_per_epoch`` batches).
 
     Gradients of ``cfg.accumulate`` batches make one optimizer step (DDP synchronises only
     on the last of them); the scheduler and ``average`` (if any) step with the optimizer,
-    not when an fp16 GradScaler skips the step.
-    Returns this rank's mean loss, per-task losses, sample count, and the seconds spent in
-    total and waiting for data.
+    not when an fp16 GradScaler skips the step. ``stop()`` is asked after each optimizer
+    step; when true the pass ends there. ``carried``: the ``progress`` of such a stopped pass
+    (from last.pt); its batches are drawn in the epoch's order and passed over, and its sums
+    count in the means, so a stopped and resumed epoch reports what an uninterrupted one does.
+    Returns this rank's mean loss, per-task losses, sample count, the seconds spent in total
+    and waiting for data, and ``stopped_at`` (None unless ``stop`` ended the pass) with the
+    ``progress`` to carry on from.
     """
     model.train()
     unwrapped = model.module if isinstance(model, DistributedDataParallel) else model
     steps = len(loader) if cfg.max_steps_per_epoch == 0 else min(len(loader), cfg.max_steps_per_epoch)
-    sums: dict[str, torch.Tensor] = {}
-    samples, data_wait = 0, 0.0
+    carried = carried or {}
+    start_step = carried.get("step", 0)
+    sums: dict[str, Any] = dict(carried.get("sums", {}))
+    samples, data_wait = carried.get("samples", 0), carried.get("data_wait", 0.0)
     optimizer.zero_grad(set_to_none=True)
     start = time.perf_counter()
-    batches = iter(loader)
+    with torch.random.fork_rng(devices=[]):  # the loader's seed draw leaves the random state as it
+        batches = iter(loader)  # was, so a pass resumed mid-epoch draws the numbers an uninterrupted one does
     group_ids: list[str] = []  # sample ids of the batches whose gradients the next optimizer step sums
     progress = tqdm(range(steps), desc=f"epoch {epoch + 1}", disable=not dist.is_main_process(),
                     leave=False, file=sys.stderr)
+    stopped_at = None
     for step in progress:
         wait_start = time.perf_counter()
         batch = next(batches)
         data_wait += time.perf_counter() - wait_start
+        if step < start_step:
+            continue
         if augment is not None and "text" in batch:
             batch["text"] = augment(batch["text"])
         batch = to_device(batch, device)
@@ -132,12 +144,19 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, loss_fn: MultitaskLoss
                 global_step = epoch * steps + step + 1
                 writer.add_scalar("train/loss", current, global_step)
                 writer.add_scalar("train/lr", scheduler.get_last_lr()[-1], global_step)
+        if last_in_group and stop is not None and step + 1 < steps and stop():
+            stopped_at = step + 1
+            break
+    progress.close()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
-    means = {name: float(total) / max(steps, 1) for name, total in sums.items()}
-    return {"loss": means.pop("loss", float("nan")), "parts": means, "samples": samples, "steps": steps,
-            "seconds": seconds, "data_wait": data_wait}
+    done = stopped_at or steps
+    means = {name: float(total) / max(done, 1) for name, total in sums.items()}
+    progress_state = {"step": done, "sums": {name: float(total) for name, total in sums.items()},
+                      "samples": samples, "data_wait": data_wait}
+    return {"loss": means.pop("loss", float("nan")), "parts": means, "samples": samples, "steps": done - start_step,
+            "seconds": seconds, "data_wait": data_wait, "stopped_at": stopped_at, "progress": progress_state}
 
 
 @torch.inference_mode()

@@ -121,7 +121,9 @@ class MultimodalModel(nn.Module):
             ckpt = load_checkpoint(checkpoint)
         model = build_model(config_from_dict(ckpt["config"]), task_outputs(ckpt["labels"]), load_weights=False)
         try:
-            model.load_state_dict(ckpt["model"])
+            # Weights saved in half precision load as the float32 the model computes in.
+            model.load_state_dict({name: value.float() if torch.is_tensor(value) and value.is_floating_point()
+                                   else value for name, value in ckpt["model"].items()})
         except RuntimeError as err:
             raise CheckpointError(f"the checkpoint's weights do not fit the model its config builds: {err}") from err
         return model.eval()

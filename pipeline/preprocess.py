@@ -246,9 +246,23 @@ def preprocess_split(split: str, tasks: Sequence[Task], extras: Sequence[dict[st
             for _ in runner.run(pending):
                 bar.update()
     elapsed = time.perf_counter() - start
-    complete = not pending and (split_dir / "manifest.jsonl").is_file()
+    complete = not pending and manifest_intact(split_dir)
     missing = [] if complete else cache.merge_split(split_dir)
     log_summary(split, split_dir, mine, len(pending), elapsed, missing)
+
+
+def manifest_intact(split_dir: Path) -> bool:
+    """Whether ``manifest.jsonl`` exists and lists every id; one cut short or damaged is
+    logged, and written again from the status records by the caller."""
+    if not (split_dir / "manifest.jsonl").is_file():
+        return False
+    try:
+        cache.read_manifest(split_dir)
+    except cache.DamagedManifestError as err:
+        logger.warning("%s: %s; writing it again from the status records", split_dir / "manifest.jsonl",
+                       err.problem)
+        return False
+    return True
 
 
 def log_summary(split: str, split_dir: Path, ids: Sequence[str], processed: int, elapsed: float,

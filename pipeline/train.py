@@ -18,18 +18,23 @@ filesystem that every node shares):
 
 The data order is a function of ``(train.seed, epoch)`` and each rank's random state is
 stored in every checkpoint, so ``train.resume=true`` after a kill (between or during
-epochs) reaches the same final metrics as an uninterrupted run on the CPU.
+epochs) reaches the same final metrics as an uninterrupted run on the CPU. SIGTERM (how
+schedulers preempt) stops after the current optimizer step, writes ``last.pt`` with the
+place in the epoch (a resume goes on from there) and exits with status 143. A ``last.pt``
+that this config cannot continue is refused, naming what differs, before ``config.yaml``
+changes; one run at a time holds ``output_dir`` (``pipeline.run_lock``); a full disk stops
+the run with one line and leaves the checkpoints written before it whole.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
-import json
+import errno
 import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -47,18 +52,17 @@ from pipeline.config import Config, ConfigError, dump_yaml, format_config, load_
 from pipeline.data import MeldDataset, labels_of
 from pipeline.embeddings import open_for_training
 from pipeline.execution import amp_dtype
-from pipeline.labels import EMOTIONS, SENTIMENTS
 from pipeline.loading import evaluation_order, make_loader, open_split, training_order
 from pipeline.loops import NonFiniteError, TokenMasker, evaluate, train_one_epoch
 from pipeline.losses import MultitaskLoss, build_loss
-from pipeline.metrics import format_report, plot_confusion_matrix, plot_curves
+from pipeline.metrics import format_report, plot_curves
 from pipeline.model import CheckpointError, MultimodalModel, build_model, load_checkpoint
 from pipeline.optim import param_groups, warmup_cosine
+from pipeline.preemption import Preempted, StopOnSignal
+from pipeline.run_lock import RunLock
+from pipeline.run_outputs import MONITOR, monitored, summary, write_json, write_reports
 
 log = logging.getLogger(__name__)
-
-MONITOR = ("emotion", "weighted_f1")  # validation metric for best.pt and early stopping
-
 
 # --------------------------------------------------------------------------- DDP
 def wrap_ddp(model: nn.Module, device: torch.device) -> nn.Module:
@@ -71,42 +75,6 @@ def wrap_ddp(model: nn.Module, device: torch.device) -> nn.Module:
 
 
 # --------------------------------------------------------------------------- outputs
-def finite_json(value: Any) -> Any:
-    """``value`` with every NaN or infinite float replaced by None (JSON has no NaN: a file
-    holding one is rejected by strict readers)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, Mapping):
-        return {key: finite_json(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [finite_json(item) for item in value]
-    return value
-
-
-def write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(finite_json(data), indent=1, allow_nan=False), encoding="utf-8")
-    tmp.replace(path)
-
-
-def write_reports(out_dir: Path, metrics: Mapping[str, Any], split: str) -> None:
-    """Per-class report (text and JSON) and confusion matrix images of the final evaluation."""
-    classification = {task: result for task, result in metrics.items()
-                      if isinstance(result, dict) and "per_class" in result}
-    (out_dir / "report.txt").write_text(f"split: {split}\n\n{format_report(metrics)}", encoding="utf-8")
-    write_json(out_dir / "classification_report.json", {"split": split, **classification})
-    for task, names in (("emotion", EMOTIONS), ("sentiment", SENTIMENTS)):
-        if task in classification:
-            name = "confusion_matrix.png" if task == "emotion" else f"confusion_matrix_{task}.png"
-            plot_confusion_matrix(classification[task]["confusion_matrix"], names, out_dir / name,
-                                  f"{task} ({split})")
-
-
-def monitored(metrics: Mapping[str, Any]) -> float:
-    task, name = MONITOR
-    return float(metrics.get(task, {}).get(name, float("nan")))
-
-
 def split_labels(dataset: Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A split's labels from its manifest (no array is loaded): emotion and sentiment class
     indices ``[N]`` (-100 unknown) and regression targets ``[N, K]`` (NaN unknown)."""
@@ -214,37 +182,66 @@ def train(cfg: Config, device: torch.device) -> dict:
     """Train with the resolved ``cfg`` on ``device`` (inside an initialised process group
     under torchrun); returns the content of metrics.json."""
     out_dir = Path(cfg.output_dir)
-    main = dist.is_main_process()
-    last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
     # Only rank 0 writes and reads output_dir; what the others need of it comes by broadcast,
     # so nodes without a shared filesystem agree (dist.from_main).
-    if dist.from_main(last_path.exists) and not cfg.train.resume:
+    if dist.from_main((out_dir / "last.pt").exists) and not cfg.train.resume:
         raise FileExistsError(f"{out_dir} already holds a run (last.pt); continue it with train.resume=true "
                               "or choose another output_dir")
     dist.seed_everything(cfg.train.seed)
     run = prepare(cfg, device)  # checks the caches first: a refused run leaves no output folder
-    if main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        dump_yaml(cfg, out_dir / "config.yaml")
-    model, world = run.model, dist.get_world_size()
+    lock = RunLock(out_dir)
+    dist.from_main(lock.acquire)  # one run per output_dir (refused on every rank)
+    try:
+        with StopOnSignal() as stop:
+            return fit(cfg, run, stop)
+    finally:
+        lock.release()
 
-    start_epoch, best, bad_epochs, history = 0, -math.inf, 0, []
+
+def resume_from(cfg: Config, run: Session, last_path: Path) -> dict | None:
+    """The state of ``last.pt`` restored into ``run`` (``train.resume``), or None. A
+    checkpoint this config cannot continue (another architecture, other parameter groups)
+    is refused naming what differs, before anything in the folder changes."""
     ckpt = dist.from_main(lambda: load_checkpoint(last_path) if cfg.train.resume and last_path.exists() else None)
-    if ckpt is not None:
-        changed = config_changes(ckpt["config"], to_dict(cfg))
-        if changed:
-            log.warning("resuming with a config that differs from last.pt's: %s", "; ".join(changed))
+    if ckpt is None:
+        if cfg.train.resume:
+            log.warning("train.resume=true but %s does not exist: starting from scratch", last_path)
+        return None
+    changed = config_changes(ckpt["config"], to_dict(cfg))
+    try:
         restore(run, ckpt)
+    except (RuntimeError, ValueError, KeyError) as err:
+        raise CheckpointError(f"{last_path} cannot be resumed with this config ({err}); it differs from the "
+                              f"run's own config in: {'; '.join(changed) or 'nothing'}. Resume with the run's "
+                              f"config ({last_path.parent / 'config.yaml'}) or choose another output_dir") from None
+    if changed:
+        log.warning("resuming with a config that differs from last.pt's: %s", "; ".join(changed))
+    log.info("resumed from %s after epoch %d%s (best %s %.4f)", last_path, ckpt["epoch"],
+             f" and {ckpt['epoch_progress']['step']} steps of the next" if ckpt.get("epoch_progress") else "",
+             ".".join(MONITOR), ckpt["best_metric"])
+    return ckpt
+
+
+def fit(cfg: Config, run: Session, stop: StopOnSignal) -> dict:
+    """The epochs of a run, from scratch or resumed, then the final evaluation and reports."""
+    out_dir, device = Path(cfg.output_dir), run.device
+    main = dist.is_main_process()
+    last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
+    model, world = run.model, dist.get_world_size()
+    start_epoch, carried, best, bad_epochs, history = 0, None, -math.inf, 0, []
+    ckpt = resume_from(cfg, run, last_path)
+    if ckpt is not None:
         start_epoch, best, bad_epochs, history = ckpt["epoch"], ckpt["best_metric"], ckpt["bad_epochs"], ckpt["metrics"]
-        log.info("resumed from %s after epoch %d (best %s %.4f)", last_path, start_epoch, ".".join(MONITOR), best)
-    elif cfg.train.resume:
-        log.warning("train.resume=true but %s does not exist: starting from scratch", last_path)
+        carried = ckpt.get("epoch_progress")  # where a stop on SIGTERM left the next epoch
+    start_step = carried["step"] if carried else 0
+    if main:
+        dump_yaml(cfg, out_dir / "config.yaml")  # only once the run is sure to start (or go on)
 
     writer = None
     if main:
         from torch.utils.tensorboard import SummaryWriter
 
-        writer = SummaryWriter(str(out_dir), purge_step=start_epoch * run.steps_per_epoch + 1)
+        writer = SummaryWriter(str(out_dir), purge_step=start_epoch * run.steps_per_epoch + start_step + 1)
     unfrozen = False
     ddp_model = wrap_ddp(model, device)
     patience = cfg.train.early_stopping_patience
@@ -263,7 +260,16 @@ def train(cfg: Config, device: torch.device) -> dict:
             log.info("epoch %d: text encoder fully trainable", epoch + 1)
         run.train_sampler.set_epoch(epoch)
         stats = train_one_epoch(ddp_model, run.loaders["train"], run.loss_fn, run.optimizer, run.scheduler,
-                                run.scaler, device, cfg.train, epoch, run.dtype, run.augment, writer, run.average)
+                                run.scaler, device, cfg.train, epoch, run.dtype, run.augment, writer, run.average,
+                                carried=carried if epoch == start_epoch else None,
+                                stop=lambda: stop.requested(device))
+        if stats["stopped_at"] is not None:  # preempted: the place in this epoch goes into last.pt
+            checkpoint = run_checkpoint(cfg, run, epoch, best, bad_epochs, history)
+            checkpoint["epoch_progress"] = stats["progress"]
+            dist.save_on_main(resume_checkpoint(checkpoint, cfg), last_path)
+            raise Preempted(f"stopped by {stop.name} after step {stats['stopped_at']} of {run.steps_per_epoch} in "
+                            f"epoch {epoch + 1}: {last_path} holds the run; continue it with the same command and "
+                            "train.resume=true", stop.received)
         with run.evaluated_weights():
             val, _ = evaluate(model, run.loaders["val"], run.loss_fn, device, run.dtype)
         score = monitored(val)
@@ -290,6 +296,9 @@ def train(cfg: Config, device: torch.device) -> dict:
                 writer.add_scalar(name, value, (epoch + 1) * run.steps_per_epoch)
             write_json(out_dir / "metrics.json", summary(history, best, None))
             plot_curves(history, out_dir / "curves.png")
+        if epoch + 1 < cfg.train.epochs and stop.requested(device):  # the signal came in evaluation or saving
+            raise Preempted(f"stopped by {stop.name} after epoch {epoch + 1}: {last_path} holds the run; continue "
+                            "it with the same command and train.resume=true", stop.received)
 
     if main:
         model.load_state_dict(load_checkpoint(best_path)["model"])
@@ -304,13 +313,6 @@ def train(cfg: Config, device: torch.device) -> dict:
         writer.close()
         log.info("%s split with best.pt (epoch %s):\n%s", final_split, result["best_epoch"], format_report(final))
     return result
-
-
-def summary(history: list[dict], best: float, test: dict | None) -> dict:
-    """The content of metrics.json."""
-    best_epoch = next((row["epoch"] for row in history if monitored(row["val"]) == best), None)
-    return {"monitor": ".".join(MONITOR), "best_epoch": best_epoch, "best_val": best, "epochs": history,
-            "test": test}
 
 
 def parse_config(argv: Sequence[str] | None) -> Config:
@@ -349,6 +351,15 @@ def main(argv: Sequence[str] | None = None) -> dict:
     except NonFiniteError as err:  # stopped before a NaN reached the weights or a checkpoint
         log.error("training stopped: %s", err)
         raise SystemExit(1) from None
+    except OSError as err:  # a full disk or a quota: the checkpoints written so far are whole
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            raise
+        log.error("training stopped: %s", err)
+        raise SystemExit(1) from None
+    except Preempted as err:  # SIGTERM: last.pt written, resumable
+        log.error("%s", err)
+        dist.cleanup()
+        raise SystemExit(err.status) from None
     dist.cleanup()
     return result
 

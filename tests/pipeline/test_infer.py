@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 
 from pipeline import infer, train, transcripts
 from pipeline.cache import CacheSplit
+from pipeline.clips import list_clips
 from pipeline.data import MeldDataset, collate
 from pipeline.labels import EMOTIONS, SENTIMENTS
 from pipeline.meld import CLIP_DIRS, CSV_NAMES
@@ -276,9 +277,9 @@ def test_unknown_transcript_columns_and_missing_clips_are_clear_errors(tmp_path)
     with pytest.raises(infer.InputError, match="clip,text"):
         transcripts.read_transcripts(path, 0)
     with pytest.raises(infer.InputError, match="no such folder"):
-        infer.list_clips(str(tmp_path / "nowhere"))
-    with pytest.raises(infer.InputError, match="matches no video"):
-        infer.list_clips(str(tmp_path / "*.mp4"))
+        list_clips(str(tmp_path / "nowhere"))
+    with pytest.raises(infer.InputError, match="matches no media"):
+        list_clips(str(tmp_path / "*.mp4"))
 
 
 def test_non_checkpoint_file_fails_with_a_clear_message(tmp_path):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -63,3 +65,34 @@ def assert_same_cache(cache_dir: Path, reference_dir: Path) -> None:
         assert sorted(path.stem for path in (cache_dir / split / "items").glob("*.npz")) == sorted(ok), split
         for id_ in ok:
             assert_same_arrays(got.load(id_), expected.load(id_), f"{split}/{id_}")
+
+
+def without_timings(metrics: dict) -> dict:
+    """metrics.json minus the wall-clock figures, which differ between any two runs."""
+    rows = [{k: v for k, v in row.items() if k not in ("seconds", "samples_per_second", "data_wait_share")}
+            for row in metrics["epochs"]]
+    return {**metrics, "epochs": rows}
+
+
+def signal_inside_epoch_2(command: list[str], after_steps: int,
+                          signum: int = signal.SIGKILL) -> tuple[int, int, str]:
+    """Start ``command`` (a training run), follow its progress bar on stderr and send it
+    ``signum`` as soon as at least ``after_steps`` (but not all) steps of epoch 2 are done.
+    Returns (its exit status, the steps of epoch 2 the bar showed done at the signal, 0 if
+    never; and all it wrote to stderr)."""
+    process = subprocess.Popen(command, cwd=REPO, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    seen, done = "", 0
+    try:
+        while chunk := os.read(process.stderr.fileno(), 65536):
+            seen += chunk.decode("utf-8", "replace")
+            steps = re.findall(r"epoch 2:\s+\d+%\|[^|]*\|\s*(\d+)/(\d+)", seen)
+            if steps and after_steps <= int(steps[-1][0]) < int(steps[-1][1]):
+                done = int(steps[-1][0])
+                process.send_signal(signum)
+                break
+        seen += process.communicate(timeout=300)[1].decode("utf-8", "replace")
+    finally:
+        process.kill()
+        process.wait()
+        process.stderr.close()
+    return process.returncode, done, seen

@@ -5,9 +5,7 @@ resumed with ``train.resume=true`` ends with the metrics of a run never interrup
 from __future__ import annotations
 
 import json
-import os
 import random
-import re
 import subprocess
 import sys
 import time
@@ -18,7 +16,8 @@ import pytest
 import torch
 
 from pipeline.cache import CacheSplit
-from reliability_helpers import REPO, assert_same_arrays, assert_same_cache, cli_env, read_manifest, run_cli
+from reliability_helpers import (REPO, assert_same_arrays, assert_same_cache, cli_env, read_manifest, run_cli,
+                                 signal_inside_epoch_2, without_timings)
 
 KILLS = 3
 
@@ -109,39 +108,11 @@ def test_preprocessing_killed_again_and_again_then_finished_equals_an_uninterrup
     assert_same_cache(out, reference)
 
 
-def without_timings(metrics: dict) -> dict:
-    """metrics.json minus the wall-clock figures, which differ between any two runs."""
-    rows = [{k: v for k, v in row.items() if k not in ("seconds", "samples_per_second", "data_wait_share")}
-            for row in metrics["epochs"]]
-    return {**metrics, "epochs": rows}
-
-
-def kill_inside_epoch_2(command: list[str], after_steps: int) -> tuple[int, int]:
-    """Start ``command`` (a training run), follow its progress bar on stderr and SIGKILL it
-    as soon as at least ``after_steps`` (but not all) steps of epoch 2 are done. Returns
-    (its exit status, the steps of epoch 2 the bar showed done at the kill; 0 if never)."""
-    process = subprocess.Popen(command, cwd=REPO, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    seen, done = "", 0
-    try:
-        while chunk := os.read(process.stderr.fileno(), 65536):
-            seen += chunk.decode("utf-8", "replace")
-            steps = re.findall(r"epoch 2:\s+\d+%\|[^|]*\|\s*(\d+)/(\d+)", seen)
-            if steps and after_steps <= int(steps[-1][0]) < int(steps[-1][1]):
-                done = int(steps[-1][0])
-                process.kill()
-                break
-    finally:
-        process.kill()
-        process.wait()
-        process.stderr.close()
-    return process.returncode, done
-
-
 @pytest.mark.slow
 def test_training_killed_mid_epoch_then_resumed_matches_an_uninterrupted_run(trained_run, tmp_path):
     out = tmp_path / "run"
     command = [sys.executable, "-m", "pipeline.train", *trained_run["overrides"], f"output_dir={out}"]
-    status, done = kill_inside_epoch_2(command, after_steps=random.Random(7).randint(1, 4))
+    status, done, _ = signal_inside_epoch_2(command, after_steps=random.Random(7).randint(1, 4))
     assert status == -9 and 1 <= done < 7, "the run was not killed inside epoch 2 (7 steps)"
     # Killed inside epoch 2: epoch 1's checkpoint and metrics are there, epoch 2's are not.
     assert torch.load(out / "last.pt", map_location="cpu", weights_only=True)["epoch"] == 1

@@ -1,9 +1,12 @@
 """Outputs never destroy inputs: ``pipeline.infer --out`` naming a clip, the checkpoint, the
 transcripts, a link to one of them or a directory is refused before any work, leaving every
 file as it was; a second run with the same ``--out`` as a live one is refused (the live one's
-``OUT.partial`` is locked) instead of interleaving rows into it."""
+``OUT.partial`` is locked) instead of interleaving rows into it; a disk that fills up while a
+row is written leaves ``OUT.partial`` with the whole rows before it and stops the run with one
+error line."""
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import logging
@@ -13,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import infer
+from pipeline import infer, predictions
 from pipeline.meld import CLIP_DIRS, CSV_NAMES
 
 
@@ -90,3 +93,46 @@ def test_a_second_run_with_the_same_out_is_refused_while_the_first_writes(inputs
     assert predict(inputs, out) == 0  # once the first run is gone, the same --out works
     rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     assert len(rows) == len(list(inputs["clips"].glob("*.mp4"))) and not partial.exists()
+
+
+class FullDisk:
+    """A file on a disk with ``room`` bytes left: a write that does not fit writes what fits
+    and says so (a short write), the next one fails with ENOSPC, as write(2) does."""
+
+    def __init__(self, file, room: int) -> None:
+        self.file, self.room = file, room
+
+    def write(self, data):
+        if self.room == 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        part = data[: self.room]
+        self.room -= len(part)
+        return self.file.write(part)
+
+    def __getattr__(self, name):
+        return getattr(self.file, name)
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
+def test_a_full_disk_leaves_only_whole_rows_and_one_error_line(inputs, tmp_path, caplog, monkeypatch, suffix):
+    complete = tmp_path / f"complete{suffix}"
+    assert predict(inputs, complete) == 0
+    lines = complete.read_bytes().splitlines(keepends=True)
+    whole = 3 if suffix == ".csv" else 2  # the CSV header, then rows
+    expected = b"".join(lines[:whole])  # the rows the disk had room for
+    assert len(lines) > whole + 1 and len(lines[whole]) > 10
+
+    out = tmp_path / f"p{suffix}"
+    claim = predictions.claim_partial
+    monkeypatch.setattr(predictions, "claim_partial", lambda partial: FullDisk(claim(partial), len(expected) + 10))
+    with caplog.at_level(logging.INFO):
+        status = predict(inputs, out)
+    assert status == 1
+    partial = out.with_name(out.name + ".partial")
+    assert partial.read_bytes() == expected  # no half row at the end
+    assert not out.exists()
+    errors = [record.getMessage() for record in caplog.records if record.levelno >= logging.ERROR]
+    assert len(errors) == 1, errors
+    rows = whole - 1 if suffix == ".csv" else whole
+    assert str(partial) in errors[0] and os.strerror(errno.ENOSPC) in errors[0], errors[0]
+    assert f"{rows} complete rows" in errors[0], errors[0]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import shutil
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -19,12 +20,16 @@ JOB_TIMEOUT = 240  # seconds; train.dist_timeout_minutes stays at 10, so only a 
 @pytest.mark.slow
 def test_a_rank_failing_in_evaluation_ends_the_job_with_its_error(tiny_meld_cache, tmp_path):
     """Rank 1 meets a damaged cache entry while evaluating; rank 0, whose share is fine, is
-    then waiting for rank 1 in the gather of the predictions."""
+    then waiting for rank 1 in the gather of the predictions. The damage is a flipped byte
+    in the frames: the arrays' headers, checked when the run starts, still read."""
     cache = Path(shutil.copytree(tiny_meld_cache["cache_dir"], tmp_path / "cache"))
     # DistributedSampler(shuffle=False) gives rank r the samples r, r + 2, ...: sample 1 is rank 1's.
     damaged = cache / "dev" / "items" / f"{CacheSplit(cache / 'dev').records[1]['id']}.npz"
-    data = damaged.read_bytes()
-    damaged.write_bytes(data[: len(data) // 2])  # a copy cut short
+    with zipfile.ZipFile(damaged) as archive:
+        frames = archive.getinfo("frames.npy")
+    data = bytearray(damaged.read_bytes())
+    data[frames.header_offset + frames.compress_size // 2] ^= 0xFF  # past the headers, inside the pixels
+    damaged.write_bytes(bytes(data))
     out = tmp_path / "run"
     start = time.monotonic()
     result = run_cli(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "pipeline.train",

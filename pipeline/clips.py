@@ -1,0 +1,83 @@
+"""What ``--clips`` names: a folder, a glob pattern, a single clip or a ``.txt`` list.
+
+A folder or a pattern gives its media files, video (``VIDEO_EXTENSIONS``) and audio-only
+(``AUDIO_EXTENSIONS``: such a clip has the audio and text modalities, its video masked),
+sorted by name. Everything else it holds is skipped and the skipped files are logged, each
+with why: a transcript beside a clip, a hidden file, a folder, or an extension that is not
+a media type. A list names its clips one per line, and a missing one becomes an error row.
+"""
+from __future__ import annotations
+
+import glob
+import logging
+from pathlib import Path
+
+from pipeline.transcripts import SIDECAR_EXTENSIONS, InputError
+
+logger = logging.getLogger(__name__)
+
+VIDEO_EXTENSIONS = (".mp4", ".mkv", ".mov", ".avi", ".webm", ".ts", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv")
+AUDIO_EXTENSIONS = (".wav", ".m4a", ".mp3", ".flac", ".ogg", ".opus", ".aac", ".wma")
+MEDIA_EXTENSIONS = VIDEO_EXTENSIONS + AUDIO_EXTENSIONS
+SHOWN_SKIPPED = 20  # the log names this many skipped files, then counts the rest
+
+
+def list_clips(spec: str) -> list[Path]:
+    """The clips named by ``--clips``: a folder's media files (sorted by name, hidden files
+    skipped), a ``.txt`` list, a single clip, or a glob pattern (its media files, sorted)."""
+    path = Path(spec)
+    if path.is_dir():
+        clips = pick_media(sorted(path.iterdir()), f"--clips {spec}")
+        if not clips:
+            raise InputError(f"--clips {spec}: the folder holds no media files ({', '.join(MEDIA_EXTENSIONS)})")
+        return clips
+    if path.is_file():
+        return read_clip_list(path) if path.suffix.lower() == ".txt" else [path]
+    if any(char in spec for char in "*?["):
+        matches = [Path(p) for p in sorted(glob.glob(spec, recursive=True))]
+        clips = pick_media([p for p in matches if not p.is_dir()], f"--clips {spec}")
+        if not clips:
+            raise InputError(f"--clips {spec}: the pattern matches no media files")
+        return clips
+    raise InputError(f"--clips {spec}: no such folder, list file or clip (nor a glob pattern)")
+
+
+def pick_media(paths: list[Path], what: str) -> list[Path]:
+    """The media files among ``paths``, in order; the others are logged with why they were
+    skipped (transcripts beside a clip only count, they are read as its transcript)."""
+    clips = [p for p in paths if skip_reason(p) is None]
+    stems = {clip.with_suffix("") for clip in clips}
+    skipped = [(p, skip_reason(p)) for p in paths if skip_reason(p) is not None]
+    sidecars = [p for p, _ in skipped if p.suffix.lower() in SIDECAR_EXTENSIONS and p.with_suffix("") in stems]
+    others = [(p, reason) for p, reason in skipped if p not in sidecars]
+    if others:
+        shown = "; ".join(f"{p.name}{'/' if p.is_dir() else ''} ({reason})" for p, reason in others[:SHOWN_SKIPPED])
+        more = f"; and {len(others) - SHOWN_SKIPPED} more" if len(others) > SHOWN_SKIPPED else ""
+        logger.warning("%s: %d of its entries skipped: %s%s", what, len(others), shown, more)
+    if sidecars:
+        logger.info("%s: %d transcript files beside clips (read as their transcripts)", what, len(sidecars))
+    return clips
+
+
+def skip_reason(path: Path) -> str | None:
+    """Why ``path`` is not a clip to predict, or None when it is one."""
+    if path.name.startswith("."):
+        return "hidden file"
+    if path.is_dir():
+        return "a folder (folders are not searched; a pattern with ** is)"
+    if path.suffix.lower() not in MEDIA_EXTENSIONS:
+        return f"extension {path.suffix or '(none)'} is not a media type"
+    return None
+
+
+def read_clip_list(path: Path) -> list[Path]:
+    """One clip per line, relative paths taken from the list's folder; blank lines and lines
+    starting with ``#`` are skipped. Listed clips that do not exist become error rows."""
+    clips = []
+    for line in path.read_text(encoding="utf-8-sig").splitlines():
+        entry = line.strip()
+        if entry and not entry.startswith("#"):
+            clips.append(path.parent / entry)  # an absolute entry replaces the folder
+    if not clips:
+        raise InputError(f"--clips {path}: the list names no clip")
+    return clips

@@ -1,0 +1,70 @@
+"""Stopping training cleanly when a scheduler preempts it.
+
+Schedulers (SLURM, Kubernetes, torchrun passing it on) stop a job with SIGTERM and kill it
+a grace period later. Inside :class:`StopOnSignal` the first SIGTERM only sets a flag: the
+training loop finishes its current optimizer step, writes ``last.pt`` with the place in the
+epoch, says how to resume and exits with status 128 + the signal number (143). A second
+SIGTERM acts as it did before (it kills). Under DDP the ranks agree on the step to stop at
+(the flag is reduced over ranks at every step), since a signal may reach them at different
+moments.
+"""
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from types import FrameType
+from typing import Any
+
+import torch
+import torch.distributed
+
+log = logging.getLogger(__name__)
+
+
+class Preempted(Exception):
+    """Training stopped on a signal after writing ``last.pt``; ``status`` is the exit status."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.status = 128 + signum
+
+
+class StopOnSignal:
+    """``with StopOnSignal() as stop:`` ... ``stop.requested(device)`` at each optimizer step."""
+
+    def __init__(self, signals: tuple[int, ...] = (signal.SIGTERM,)) -> None:
+        self.signals = signals
+        self.received: int | None = None
+        self.previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "StopOnSignal":
+        if threading.current_thread() is threading.main_thread():  # signals reach the main thread only
+            for signum in self.signals:
+                self.previous[signum] = signal.signal(signum, self.handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+        self.previous.clear()
+
+    def handle(self, signum: int, frame: FrameType | None) -> None:
+        self.received = signum
+        signal.signal(signum, self.previous.get(signum, signal.SIG_DFL))  # a second one is not caught
+        log.warning("%s received: finishing the current step, then writing last.pt (send it again to stop at once)",
+                    signal.Signals(signum).name)
+
+    def requested(self, device: torch.device) -> bool:
+        """Whether any rank was asked to stop (collective under DDP: every rank must call it)."""
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return self.received is not None
+        flag = torch.tensor([0 if self.received is None else self.received], device=device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        if self.received is None and flag.item():
+            self.received = int(flag.item())
+        return bool(flag.item())
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.received).name if self.received else "a signal"
