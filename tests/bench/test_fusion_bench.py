@@ -8,7 +8,7 @@ import pytest
 from sklearn.metrics import accuracy_score, f1_score
 
 from bench_loader import emotion_predictions, load_bench
-from conftest import TINY_MODEL, TINY_PREPROCESS
+from tests.conftest import TINY_MODEL, TINY_PREPROCESS
 
 
 @pytest.mark.slow

@@ -176,7 +176,7 @@ def test_a_run_on_vectors_resumes_after_a_kill_and_keeps_the_encoders_out_of_las
     """last.pt of a run on vectors leaves out the frozen encoder (rebuilt and checked on every
     start); best.pt keeps it. A SIGKILL in epoch 2 of 3, then resume: the uninterrupted run's
     metrics and weights."""
-    from tests.pipeline.test_train import HARNESS, run, without_timings
+    from test_train import HARNESS, run, without_timings  # the module pytest imported, not a second copy
 
     common = ["--config", CONFIG, *text_overrides(tiny_meld_cache, quiet_text_model, "train.epochs=3",
                                                   "train.batch_size=4", "data.num_workers=0",

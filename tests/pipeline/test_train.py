@@ -16,7 +16,6 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from conftest import TINY_MODEL
 from pipeline import preprocess
 from pipeline.cache import CacheSplit, params_key
 from pipeline.config import ConfigError, config_from_dict, load_config, to_dict
@@ -29,6 +28,7 @@ from pipeline.execution import amp_dtype
 from pipeline.loops import TokenMasker, evaluate
 from pipeline.optim import param_groups, warmup_cosine
 from pipeline.train import main, prepare, split_labels
+from tests.conftest import TINY_MODEL
 
 REPO = Path(__file__).resolve().parents[2]
 HARNESS = Path(__file__).with_name("train_harness.py")
