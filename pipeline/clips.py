@@ -45,9 +45,10 @@ def list_clips(spec: str) -> list[Path]:
 def pick_media(paths: list[Path], what: str) -> list[Path]:
     """The media files among ``paths``, in order; the others are logged with why they were
     skipped (transcripts beside a clip only count, they are read as its transcript)."""
-    clips = [p for p in paths if skip_reason(p) is None]
+    reasons = [(p, skip_reason(p)) for p in paths]
+    clips = [p for p, reason in reasons if reason is None]
     stems = {clip.with_suffix("") for clip in clips}
-    skipped = [(p, skip_reason(p)) for p in paths if skip_reason(p) is not None]
+    skipped = [(p, reason) for p, reason in reasons if reason is not None]
     sidecars = [p for p, _ in skipped if p.suffix.lower() in SIDECAR_EXTENSIONS and p.with_suffix("") in stems]
     others = [(p, reason) for p, reason in skipped if p not in sidecars]
     if others:
