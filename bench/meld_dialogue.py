@@ -69,6 +69,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--contexts", default="none,transformer,gru",
                         help="comma-separated model.context.type values (default: %(default)s)")
     parser.add_argument("--seeds", type=int, default=5, help="seeds per row (default: %(default)s)")
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="seeds run from this one up (default: %(default)s); fresh seeds confirm settings "
+                             "that were chosen on others")
     parser.add_argument("--batch-size", type=int, default=64, help="embedding pass batch (default: %(default)s)")
     parser.add_argument("--workers", type=int, default=2, help="preprocessing processes (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default 0: torch's choice)")
@@ -167,7 +170,7 @@ def train_seed(args: argparse.Namespace, source: str, made: dict[str, Any], cont
     shutil.rmtree(out_dir)  # its checkpoints hold the frozen encoder too
     return {"weighted_f1": emotion["weighted_f1"], "macro_f1": emotion["macro_f1"],
             "fear": emotion["per_class"]["fear"]["f1"], "disgust": emotion["per_class"]["disgust"]["f1"],
-            "best_epoch": result["best_epoch"], "seconds": seconds}
+            "best_epoch": result["best_epoch"], "seconds": seconds, "seed": seed}
 
 
 def summary(runs: list[dict]) -> dict[str, Any]:
@@ -181,9 +184,11 @@ def summary(runs: list[dict]) -> dict[str, Any]:
 
 def table(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
     cfg = load_config(args.config, args.overrides)
-    lines = [f"MELD dev (1,109 utterances), emotion, {args.seeds} seeds per row: mean +/- std (best). "
+    seeds = f"seeds {args.first_seed}-{args.first_seed + args.seeds - 1}" if args.first_seed else f"{args.seeds} seeds"
+    lines = [f"MELD dev (1,109 utterances), emotion, {seeds} per row: mean +/- std (best). "
              f"{Path(args.config).name}: {cfg.train.epochs} epochs, batches of whole dialogues up to "
-             f"{cfg.train.batch_size} utterances, lr {cfg.train.lr:g}.", ""]
+             f"{cfg.train.batch_size} utterances, lr {cfg.train.lr:g}."
+             + (f" Overrides: {' '.join(args.overrides)}." if args.overrides else ""), ""]
     header = ["vectors", "dialogue model", "dev weighted F1", "dev macro F1", "fear F1", "disgust F1",
               "embedding pass (min)", "training per seed (s)"]
     cells = ([row["what"], row["context"],
@@ -200,7 +205,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     for source in args.sources.split(","):
         made = make_vectors(args, source)
         for context in args.contexts.split(","):
-            runs = [train_seed(args, source, made, context, seed) for seed in range(args.seeds)]
+            runs = [train_seed(args, source, made, context, seed) for seed in range(args.first_seed, args.first_seed + args.seeds)]
             row = {"source": source, "what": made["what"], "context": context, "embed_minutes": made["minutes"],
                    **summary(runs), "runs": runs}
             log.info("%s + %s: dev weighted F1 %.4f +/- %.4f (best %.4f), %.0f s per seed", source, context,

@@ -182,7 +182,7 @@ def table(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
         f"warmup {cfg.train.warmup_ratio:g}, label smoothing {cfg.train.label_smoothing:g}, "
         f"weight EMA {cfg.train.ema_decay:g}); "
         f"max length {args.max_length} tokens, {args.context_max_length} with context. Each run: its best "
-        "epoch on dev.",
+        "epoch on dev." + (f" Overrides: {' '.join(args.overrides)}." if args.overrides else ""),
         "",
     ]
     header = ["run", "context turns", "class weighting", "epochs", "train utterances / epoch", "dev accuracy",

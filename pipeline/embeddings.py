@@ -10,9 +10,9 @@ Layout of ``EMB/<split>/``::
     <modality>_mask.npy bool [N]: the sample has the modality (else its row is zeros)
     progress.json      while being written: rows done so far (``*.npy.partial`` beside it)
 
-``key`` says what produced the vectors: the encoder sections of the config, a sha256 of the
-encoders' weights (whatever file they came from), and the feature cache's preprocessing key
-and ids. A folder made with another key is refused, naming the differing keys, like the
+``key`` says what produced the vectors: the encoder sections of the config (less the
+fields that act in training only), a sha256 of the encoders' weights (whatever file they
+came from), and the feature cache's preprocessing key and ids. A folder made with another key is refused, naming the differing keys, like the
 feature cache; an interrupted pass resumes from ``progress.json``.
 """
 from __future__ import annotations
@@ -33,6 +33,10 @@ from pipeline.dialogues import dialogue_of
 
 FORMAT = "meld-fusion-embeddings"
 VERSION = 1
+# Encoder fields that act in training only (output dropout, which layers get gradients): the
+# pass runs the encoders in eval mode, so the vectors do not depend on them, and a fine-tuned
+# checkpoint's vectors serve a config that freezes the same encoder (the two-stage recipe).
+TRAINING_ONLY = ("dropout", "freeze_layers")
 
 
 def weights_hash(modules: Mapping[str, nn.Module]) -> str:
@@ -51,9 +55,14 @@ def embedding_key(encoders: Mapping[str, nn.Module], sections: Mapping[str, Any]
                   cache: CacheSplit) -> dict[str, Any]:
     """What vectors made by ``encoders`` (their config ``sections``) from ``cache`` depend on."""
     ids = [record["id"] for record in cache.records]
-    return {"encoders": {m: dict(sections[m]) for m in sorted(encoders)}, "weights": weights_hash(encoders),
+    return {"encoders": {m: vector_fields(sections[m]) for m in sorted(encoders)}, "weights": weights_hash(encoders),
             "preprocess": cache.meta["key"],
             "ids": hashlib.sha256(json.dumps(ids).encode("utf-8")).hexdigest()}
+
+
+def vector_fields(section: Mapping[str, Any]) -> dict[str, Any]:
+    """An encoder's config section without its TRAINING_ONLY fields."""
+    return {name: value for name, value in section.items() if name not in TRAINING_ONLY}
 
 
 def key_differences(stored: Mapping[str, Any], wanted: Mapping[str, Any]) -> list[str]:
@@ -73,7 +82,11 @@ def check_format(split_dir: Path, meta: Mapping[str, Any]) -> None:
 def check_key(split_dir: Path, meta: Mapping[str, Any], wanted: Mapping[str, Any]) -> None:
     """Raise CacheMismatchError unless ``meta`` is this format and was made with key ``wanted``."""
     check_format(split_dir, meta)
-    differences = key_differences(meta.get("key", {}), wanted)
+    stored = dict(meta.get("key", {}))
+    if isinstance(stored.get("encoders"), Mapping):  # folders written before TRAINING_ONLY hold those fields
+        stored["encoders"] = {m: vector_fields(section) if isinstance(section, Mapping) else section
+                              for m, section in stored["encoders"].items()}
+    differences = key_differences(stored, wanted)
     if differences:
         raise CacheMismatchError(
             f"{split_dir} holds embeddings made by other encoders or from another cache:\n  "

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from bench_loader import load_bench
+from bench_loader import REPO, load_bench
 from test_meld_text import write_csvs
 
 
@@ -20,7 +20,8 @@ def test_meld_dialogue_bench_reports_each_row_over_its_seeds(tmp_path, tiny_text
     capsys.readouterr()  # the text bench's own table
     bench = load_bench("meld_dialogue")
     args = ["--meld-csv-dir", str(tmp_path / "meld"), "--work-dir", str(tmp_path / "work"), "--sources", "finetuned",
-            "--finetuned", str(checkpoint), "--contexts", "none,gru", "--seeds", "2", "--workers", "1", "--quick"]
+            "--finetuned", str(checkpoint), "--contexts", "none,gru", "--seeds", "2", "--workers", "1", "--quick",
+            "model.context.width=8"]
     rows = bench.main(args)
     assert [(row["source"], row["context"], row["seeds"]) for row in rows] == [("finetuned", "none", 2),
                                                                               ("finetuned", "gru", 2)]
@@ -35,8 +36,13 @@ def test_meld_dialogue_bench_reports_each_row_over_its_seeds(tmp_path, tiny_text
     first_pass = rows[0]["embed_minutes"]
     out = capsys.readouterr().out
     assert out.count("\n| ") == 1 + len(rows)
-    # The vectors are up to date on a rerun: the table still shows the pass that made them.
-    again = bench.main(args)
+    assert "Overrides: train.epochs=2 model.context.width=8." in out  # --quick adds the epochs
+    # The vectors are up to date on a rerun, with the two-stage config too (the checkpoint
+    # decides the encoder): the table still shows the pass that made them.
+    again = bench.main([*args, "--config", str(REPO / "configs" / "meld_two_stage.yaml"), "--first-seed", "3"])
     assert again[0]["embed_minutes"] == first_pass
+    assert [run["seed"] for run in again[0]["runs"]] == [3, 4] and [run["seed"] for run in rows[0]["runs"]] == [0, 1]
+    out = capsys.readouterr().out
+    assert "seeds 3-4 per row" in out and "meld_two_stage.yaml: 2 epochs, batches of whole dialogues up to 128" in out
     record = json.loads((tmp_path / "work" / "embed-finetuned.json").read_text(encoding="utf-8"))
     assert record["minutes"] == first_pass

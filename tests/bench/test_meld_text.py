@@ -54,6 +54,7 @@ def test_meld_text_bench_trains_and_reports_every_run(tmp_path, tiny_text_model,
     assert out.count("\n| ") == 1 + len(rows)  # header row, then one row per run
     assert [row["run"].epochs for row in rows] == [1, 2, 1, 1, 1, 1]
     assert "| 2 context turns | 2 | sqrt_inverse | 2 | 8 |" in out
+    assert f"Overrides: preprocess.text.model={tiny_text_model} train.batch_size=4." in out  # the table says what ran
 
     # The context cache holds the same utterances, longer by the previous turns.
     caches = {path.name.split("-")[1]: CacheSplit(path / "dev") for path in (tmp_path / "work").glob("cache-*")}

@@ -171,6 +171,51 @@ def test_training_refuses_vectors_of_other_encoders(tiny_meld_cache, quiet_text_
     assert "encoders.text.pooling: 'mean' -> 'cls'" in message and not (tmp_path / "run").exists()
 
 
+def test_the_two_stage_recipe_trains_a_frozen_config_on_a_fine_tuned_checkpoints_vectors(
+        tiny_meld_cache, quiet_text_model, tmp_path, capsys):
+    """The README's commands: fine-tune (encoder dropout 0.1, every layer trained), embed with
+    the checkpoint, train a config that freezes the encoder without dropout on the vectors.
+    Those two fields act in training only, so the vectors serve it; pooling still counts."""
+    common = [*tiny_meld_cache["overrides"], "model.modalities=[text]", "model.fusion.type=concat",
+              f"model.encoders.text.model={quiet_text_model}", "train.epochs=1", "train.batch_size=4",
+              "data.num_workers=0", "train.device=cpu"]
+    train.main(["--config", CONFIG, *common, "model.encoders.text.freeze_layers=0",
+                "model.encoders.text.dropout=0.1", f"output_dir={tmp_path / 'ft'}"])
+    assert embed.main(["--checkpoint", str(tmp_path / "ft" / "best.pt"), "--cache", tiny_meld_cache["cache_dir"],
+                       "--out", str(tmp_path / "emb"), "--device", "cpu"]) == 0
+    frozen = [*common, "model.encoders.text.freeze_layers=-1", "model.encoders.text.dropout=0.0",
+              f"data.embeddings_dir={tmp_path / 'emb'}", "model.context.type=gru"]
+    result = train.main(["--config", CONFIG, *frozen, f"output_dir={tmp_path / 'two_stage'}"])
+    assert result["best_epoch"] == 1 and (tmp_path / "two_stage" / "best.pt").is_file()
+    # its best.pt holds the fine-tuned encoder, not the pretrained one the config names
+    tuned = torch.load(tmp_path / "ft" / "best.pt", weights_only=True)["model"]
+    staged = torch.load(tmp_path / "two_stage" / "best.pt", weights_only=True)["model"]
+    for key in (k for k in tuned if k.startswith("encoders.text.")):
+        torch.testing.assert_close(staged[key], tuned[key], rtol=0, atol=0)
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        train.main(["--config", CONFIG, *frozen, "model.encoders.text.pooling=cls", f"output_dir={tmp_path / 'cls'}"])
+    refusal = capsys.readouterr().err.split("holds embeddings made by other encoders")[-1]
+    assert "encoders.text.pooling: 'mean' -> 'cls'" in refusal and "dropout" not in refusal
+
+
+def test_vectors_written_with_training_only_fields_in_their_key_stay_up_to_date(
+        tiny_meld_cache, quiet_text_model, tmp_path, caplog):
+    """Folders written before the key left out dropout and freeze_layers still match."""
+    common = text_overrides(tiny_meld_cache, quiet_text_model)
+    args = ["--config", CONFIG, "--cache", tiny_meld_cache["cache_dir"], "--out", str(tmp_path / "emb"),
+            "--device", "cpu", *common]
+    assert embed.main(args) == 0
+    meta_path = tmp_path / "emb" / "dev" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    assert "dropout" not in meta["key"]["encoders"]["text"] and "pooling" in meta["key"]["encoders"]["text"]
+    meta["key"]["encoders"]["text"].update({"dropout": 0.3, "freeze_layers": 2})
+    meta_path.write_text(json.dumps(meta))
+    with caplog.at_level(logging.INFO, logger="pipeline.embed"):
+        assert embed.main(args) == 0
+    assert "dev: up to date" in caplog.text
+
+
 def test_a_run_on_vectors_resumes_after_a_kill_and_keeps_the_encoders_out_of_last_pt(
         tiny_meld_cache, quiet_text_model, tmp_path):
     """last.pt of a run on vectors leaves out the frozen encoder (rebuilt and checked on every
