@@ -143,7 +143,7 @@ class EmbeddedDataset(Dataset):
         self.modalities = sorted(modalities)
         # Held in memory as float32 (MELD's 9,989 training vectors of 768: 31 MB), with each
         # item's labels and dialogue entry made once: an epoch then costs what the model costs.
-        self.vectors = {m: torch.from_numpy(np.asarray(embeddings.vectors[m], dtype=np.float32)) for m in self.modalities}
+        self.vectors = {m: torch.from_numpy(np.array(embeddings.vectors[m], dtype=np.float32)) for m in self.modalities}
         self.present = {m: embeddings.masks[m].tolist() for m in self.modalities}
         self.labels = [labels_of(record) for record in self.records]
         self.places = [dialogue_of(record) for record in self.records]
