@@ -205,7 +205,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     for source in args.sources.split(","):
         made = make_vectors(args, source)
         for context in args.contexts.split(","):
-            runs = [train_seed(args, source, made, context, seed) for seed in range(args.first_seed, args.first_seed + args.seeds)]
+            seeds = range(args.first_seed, args.first_seed + args.seeds)
+            runs = [train_seed(args, source, made, context, seed) for seed in seeds]
             row = {"source": source, "what": made["what"], "context": context, "embed_minutes": made["minutes"],
                    **summary(runs), "runs": runs}
             log.info("%s + %s: dev weighted F1 %.4f +/- %.4f (best %.4f), %.0f s per seed", source, context,

@@ -12,8 +12,9 @@ Layout of ``EMB/<split>/``::
 
 ``key`` says what produced the vectors: the encoder sections of the config (less the
 fields that act in training only), a sha256 of the encoders' weights (whatever file they
-came from), and the feature cache's preprocessing key and ids. A folder made with another key is refused, naming the differing keys, like the
-feature cache; an interrupted pass resumes from ``progress.json``.
+came from), and the feature cache's preprocessing key and ids. A folder made with another
+key is refused, naming the differing keys, like the feature cache; an interrupted pass
+resumes from ``progress.json``.
 """
 from __future__ import annotations
 
