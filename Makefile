@@ -1,6 +1,6 @@
 # Two commands do all set-up on a fresh machine:
 #   make demo   installs everything, generates sample data, preprocesses, trains, infers
-#   make test   installs everything and runs the test suite
+#   make test   installs everything, checks the import contracts and runs the test suite
 # Everything is installed into and run with the project venv .venv/ (made with the machine's
 # python3); PYTHON=/path/to/python uses that interpreter instead (e.g. a conda env).
 DEMO_DIR ?= demo
@@ -8,8 +8,11 @@ export HF_HUB_OFFLINE = 1
 export TRANSFORMERS_OFFLINE = 1
 # scripts/install.sh prints the interpreter it installed into on its last line.
 INSTALLED_PYTHON = $$(bash scripts/install.sh | tail -n 1)
+# import-linter's lint-imports, run by the interpreter it was installed into: the import
+# contracts of setup.cfg (stages, layers, leaves, no circles; docs/architecture.md).
+LINT_IMPORTS = import sys; from importlinter.cli import lint_imports_command; sys.exit(lint_imports_command())
 
-.PHONY: install demo test
+.PHONY: install demo test lint
 
 install:
 	@bash scripts/install.sh >/dev/null
@@ -17,5 +20,8 @@ install:
 demo:
 	@py=$(INSTALLED_PYTHON) && PYTHON="$$py" bash scripts/demo.sh $(DEMO_DIR)
 
+lint:
+	@py=$(INSTALLED_PYTHON) && "$$py" -c "$(LINT_IMPORTS)" --no-cache
+
 test:
-	@py=$(INSTALLED_PYTHON) && "$$py" -m pytest -q tests
+	@py=$(INSTALLED_PYTHON) && "$$py" -c "$(LINT_IMPORTS)" --no-cache && "$$py" -m pytest -q tests

@@ -48,6 +48,7 @@ from typing import Any, Sequence
 from bench import common
 from pipeline import preprocess, sample
 from pipeline import train as training
+from pipeline.sample.plan import CSV_NAMES, Difficulty
 
 log = logging.getLogger("bench.audio_encoders")
 
@@ -105,14 +106,14 @@ def preprocessing(args: argparse.Namespace) -> list[str]:
 
 def prepare_data(args: argparse.Namespace) -> Path:
     """Generate and preprocess the sample data unless a finished copy is there; its cache dir."""
-    difficulty = sample.Difficulty(audio_random_share=args.audio_random_share)
+    difficulty = Difficulty(audio_random_share=args.audio_random_share)
     params = {"clips_per_class": args.clips_per_class, "eval_clips_per_class": args.eval_clips_per_class,
               "seed": args.seeds[0], "frame": FRAME_SIZE, "difficulty": vars(difficulty),
               "preprocess": preprocessing(args)}
     key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
     data_dir = args.work_dir / f"data-{key}"
     root, cache_dir = data_dir / "MELD.Raw", data_dir / "cache"
-    if not (root / sample.CSV_NAMES["dev"]).is_file():  # the generator writes the CSVs last
+    if not (root / CSV_NAMES["dev"]).is_file():  # the generator writes the CSVs last
         summary = sample.generate(root, args.clips_per_class, args.seeds[0], splits=("train", "dev"),
                                   width=FRAME_SIZE[0], height=FRAME_SIZE[1], workers=args.workers,
                                   overwrite=True, difficulty=difficulty,

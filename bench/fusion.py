@@ -51,8 +51,10 @@ from bench import common
 from pipeline import preprocess, sample
 from pipeline import train as training
 from pipeline.config import load_config, to_dict
-from pipeline.data import MeldDataset, collate
+from pipeline.data.dataset import MeldDataset, collate
 from pipeline.model import MultimodalModel
+from pipeline.sample.plan import CSV_NAMES, Difficulty
+from pipeline.sample.text import AMBIGUOUS_SHARE
 
 log = logging.getLogger("bench.fusion")
 
@@ -105,7 +107,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="dev and test clips per emotion (default: 40; fewer make the table noisy)")
     parser.add_argument("--epochs", type=int, help="per run, best on dev (default: 8)")
     parser.add_argument("--seed", type=int, default=0, help="data and training seed (default: %(default)s)")
-    parser.add_argument("--ambiguous-share", type=float, default=sample.AMBIGUOUS_SHARE)
+    parser.add_argument("--ambiguous-share", type=float, default=AMBIGUOUS_SHARE)
     parser.add_argument("--audio-random-share", type=float, default=0.4)
     parser.add_argument("--video-random-share", type=float, default=0.4)
     parser.add_argument("--workers", type=int, default=2, help="processes generating and preprocessing clips")
@@ -130,7 +132,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 # --------------------------------------------------------------------------- data
 def prepare_data(args: argparse.Namespace) -> Path:
     """Generate and preprocess the sample data unless a finished copy is there; its cache dir."""
-    difficulty = sample.Difficulty(args.ambiguous_share, args.audio_random_share, args.video_random_share)
+    difficulty = Difficulty(args.ambiguous_share, args.audio_random_share, args.video_random_share)
     pcfg = load_config(args.config, args.overrides).preprocess
     params = {"clips_per_class": args.clips_per_class, "eval_clips_per_class": args.eval_clips_per_class,
               "seed": args.seed, "frame": FRAME_SIZE,
@@ -138,7 +140,7 @@ def prepare_data(args: argparse.Namespace) -> Path:
     key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
     data_dir = args.work_dir / f"data-{key}"
     root, cache_dir = data_dir / "MELD.Raw", data_dir / "cache"
-    if not (root / sample.CSV_NAMES["test"]).is_file():  # the generator writes the CSVs last
+    if not (root / CSV_NAMES["test"]).is_file():  # the generator writes the CSVs last
         summary = sample.generate(root, args.clips_per_class, args.seed, width=FRAME_SIZE[0],
                                   height=FRAME_SIZE[1], workers=args.workers, overwrite=True,
                                   difficulty=difficulty, eval_clips_per_class=args.eval_clips_per_class)

@@ -11,7 +11,7 @@ the way training does. Then, with one warm pool of decoding workers, it measures
 
 - decoding alone: ``extract_features`` of every clip through the workers, nothing else;
 - the model alone: batching, collating and the forward pass over the pre-decoded clips;
-- end to end: ``pipeline.infer.run``, which overlaps the two;
+- end to end: ``pipeline.infer.predict.run``, which overlaps the two;
 
 and prints the seconds per clip of each stage, the end-to-end clips/s, and its ratio to
 the slowest stage's rate (the target is >= 0.85: the pipeline runs at the pace of its
@@ -37,11 +37,16 @@ from typing import Sequence
 
 import torch
 
-from pipeline import infer, sample
+from pipeline import sample
 from pipeline.config import load_config, to_dict
-from pipeline.distributed import pick_device, save_on_main
-from pipeline.meld import CLIP_DIRS, CSV_NAMES
+from pipeline.data.meld import CLIP_DIRS, CSV_NAMES
+from pipeline.execution import pick_device
+from pipeline.infer import predict
+from pipeline.infer.clips import list_clips
+from pipeline.infer.decoding import DecodePool, batches, make_jobs
+from pipeline.infer.transcripts import read_transcripts
 from pipeline.model import build_model, make_checkpoint
+from pipeline.train.distributed import save_on_main
 
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 
@@ -84,9 +89,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     device = pick_device(args.device)
-    workers = infer.default_workers(device) if args.workers is None else args.workers
+    workers = predict.default_workers(device) if args.workers is None else args.workers
     if device.type == "cpu":
-        torch.set_num_threads(infer.model_threads(workers))
+        torch.set_num_threads(predict.model_threads(workers))
     with tempfile.TemporaryDirectory(prefix="bench_infer_") as scratch:
         work = args.dir or Path(scratch)
         generate_s, _ = timed(lambda: sample.generate(
@@ -95,23 +100,23 @@ def main(argv: Sequence[str] | None = None) -> dict:
         clip_dir = work / "MELD.Raw" / CLIP_DIRS["test"]
         checkpoint = save_checkpoint(args.config, args.overrides, work / "bench.pt")
         context_turns = checkpoint["preprocess"]["text"]["context_turns"]
-        transcripts = infer.read_transcripts(work / "MELD.Raw" / CSV_NAMES["test"], context_turns)
-        jobs = infer.make_jobs(infer.list_clips(str(clip_dir)), transcripts)
-        predictor = infer.Predictor(checkpoint, device)
-        lookahead = infer.default_lookahead(args.batch_size, workers)
+        transcripts = read_transcripts(work / "MELD.Raw" / CSV_NAMES["test"], context_turns)
+        jobs = make_jobs(list_clips(str(clip_dir)), transcripts)
+        predictor = predict.Predictor(checkpoint, device)
+        lookahead = predict.default_lookahead(args.batch_size, workers)
         times = {"decoding": math.inf, "model": math.inf, "end_to_end": math.inf}
         main_cpu = {"model": math.inf, "end_to_end": math.inf}  # CPU seconds of this process
-        with infer.DecodePool(predictor.preprocess, workers, lookahead).start() as pool:
+        with DecodePool(predictor.preprocess, workers, lookahead).start() as pool:
             warm = [item for item, _ in pool.imap(jobs[: max(1, workers)])]  # workers up, tokenizers loaded
             predictor.rows(warm)  # first-call costs (allocations, kernel selection) paid here
             for _ in range(args.repeat):  # interleaved, so each stage sees the same machine load
                 seconds, decoded = timed(lambda: [item for item, _ in pool.imap(jobs)])
                 times["decoding"] = min(times["decoding"], seconds)
-                groups = list(infer.batches(((item, True) for item in decoded), args.batch_size))  # full batches
+                groups = list(batches(((item, True) for item in decoded), args.batch_size))  # full batches
                 seconds, _ = timed(lambda: [predictor.rows(group) for group in groups])
                 times["model"] = min(times["model"], seconds)
                 main_cpu["model"] = min(main_cpu["model"], CPU_SECONDS[-1])
-                seconds, summary = timed(infer.run, predictor, jobs, pool, work / "predictions.jsonl",
+                seconds, summary = timed(predict.run, predictor, jobs, pool, work / "predictions.jsonl",
                                          args.batch_size)
                 times["end_to_end"] = min(times["end_to_end"], seconds)
                 main_cpu["end_to_end"] = min(main_cpu["end_to_end"], CPU_SECONDS[-1])
@@ -136,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     # then cores taken by the workers or by other programs (see the load average).
     print(f"  this process's CPU: {main_cpu['model'] / n * 1000:.1f} ms/clip model alone, "
           f"{main_cpu['end_to_end'] / n * 1000:.1f} ms/clip end to end; load average "
-          f"{os.getloadavg()[0]:.1f} on {infer.available_cores()} cores")
+          f"{os.getloadavg()[0]:.1f} on {predict.available_cores()} cores")
     return result
 
 

@@ -48,8 +48,8 @@ from typing import Any, Sequence
 from bench import common
 from pipeline import preprocess
 from pipeline import train as training
-from pipeline.cache import CacheSplit
 from pipeline.config import load_config, to_dict
+from pipeline.data.cache import CacheSplit
 
 log = logging.getLogger("bench.meld_text")
 

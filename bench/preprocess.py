@@ -37,11 +37,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline import cache  # noqa: E402
 from pipeline.config import PreprocessConfig, to_dict  # noqa: E402
-from pipeline.features import Utterance, log_mel  # noqa: E402
-from pipeline.preprocess import Task, Worker  # noqa: E402
-from pipeline.sample import make_clip  # noqa: E402
+from pipeline.data import cache_writer  # noqa: E402
+from pipeline.media.features import Utterance, log_mel  # noqa: E402
+from pipeline.preprocess.run import Task, Worker  # noqa: E402
+from pipeline.sample.clip import make_clip  # noqa: E402
 
 
 def cpu_seconds() -> float:
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> None:
         work = Path(tmp)
         clips = [make_clip(work / f"dia0_utt{i}.mp4", "joy", seed=i, duration=args.duration)
                  for i in range(args.clips)]
-        split_dir = cache.prepare_split(work / "cache" / "train", "train", to_dict(pcfg),
+        split_dir = cache_writer.prepare_split(work / "cache" / "train", "train", to_dict(pcfg),
                                         [clip.stem for clip in clips])
         tasks = [Task(str(split_dir), {"id": clip.stem}, str(clip), Utterance("Oh my God, this is great!", "Joey"))
                  for clip in clips]

@@ -30,8 +30,10 @@ import torch
 
 from pipeline import preprocess, sample
 from pipeline.config import load_config
-from pipeline.distributed import pick_device, seed_everything
-from pipeline.train import prepare, train_one_epoch
+from pipeline.execution import pick_device
+from pipeline.train.distributed import seed_everything
+from pipeline.train.loops import train_one_epoch
+from pipeline.train.session import prepare
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"
 

@@ -1,13 +1,28 @@
-"""How a batch runs on a device, shared by training and inference: moving nested batches,
-and the autocast dtype that ``train.amp`` asks for."""
+"""How a batch runs on a device, shared by training, embedding and inference: the device a
+setting names, moving nested batches, and the autocast dtype that ``train.amp`` asks for."""
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Any, Mapping
 
 import torch
 
 from pipeline.config import ConfigError
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; under torchrun each rank takes
+    the GPU of its ``LOCAL_RANK``."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"train.device={name} but no CUDA device is visible; use train.device=cpu")
+        if device.index is None:
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return device
 
 
 def to_device(batch: Any, device: torch.device) -> Any:

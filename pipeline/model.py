@@ -54,7 +54,7 @@ class MultimodalModel(nn.Module):
         self.head = fusion.build_head(cfg.head, self.context.out_dim, self.outputs)
 
     def forward(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-        """``batch``: the collated dict (pipeline.data); only the model's modalities are read,
+        """``batch``: the collated dict (pipeline.data.dataset); only the model's modalities are read,
         and ``dialogue`` when the model has a dialogue context. A modality given as
         ``{"embedding": Float[B,D], "mask": Bool[B]}`` (vectors of pipeline.embed) skips its
         encoder. Returns ``{task: [B,K_task], "aux_loss": scalar, ("gates": [B,G])}``."""
@@ -74,7 +74,7 @@ class MultimodalModel(nn.Module):
     def in_dialogues(self, fused: torch.Tensor, dialogue: Mapping[str, torch.Tensor] | None) -> torch.Tensor:
         """The dialogue model over ``fused`` [N,D] utterance vectors: scattered into
         [dialogues, turns, D] by ``dialogue`` (index, turn, speaker: Long[N], see
-        pipeline.dialogues), run, and gathered back to [N, out_dim]. Without ``dialogue``
+        pipeline.data.dialogues), run, and gathered back to [N, out_dim]. Without ``dialogue``
         every utterance is a dialogue of one."""
         count = fused.shape[0]
         if dialogue is None:

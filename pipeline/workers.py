@@ -9,7 +9,7 @@ queued behind it go to the other workers, a fresh worker takes its place, and th
 on. A dispatcher thread in the parent keeps the workers fed and drains their results while
 the caller is busy (inference runs the model meanwhile).
 
-Preprocessing (``pipeline.preprocess``) and inference decoding (``pipeline.decoding``) use it.
+Preprocessing (``pipeline.preprocess``) and inference decoding (``pipeline.infer.decoding``) use it.
 """
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The on-disk feature cache: written once by preprocessing, read at random by many workers.
+"""The on-disk feature cache (its layout, key and reader): written once by preprocessing
+(:mod:`pipeline.data.cache_writer`), read at random by many workers.
 
 Layout of ``OUT_DIR/<split>/``::
 
@@ -18,7 +19,7 @@ written after its arrays, so a killed run never leaves a half-written entry that
 or a resumed run would take for a finished one. ``meta.json`` keys the cache by the
 preprocessing parameters: a run or reader with other parameters is refused. Shards of one
 run write into the same folder; whichever finishes last assembles ``manifest.jsonl``
-(``merge_split``), and until then ``CacheSplit`` reads the status records. A manifest that
+(``cache_writer.merge_split``), and until then ``CacheSplit`` reads the status records. A manifest that
 does not list every id of ids.json (cut short) is refused by readers and written again by
 a rerun of preprocessing.
 """
@@ -28,16 +29,16 @@ import contextlib
 import hashlib
 import json
 import os
-import time
 import zipfile
 from pathlib import Path
-from typing import Any, Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Collection, Iterable, Iterator, Mapping
 
 import numpy as np
 
+from pipeline.config import flatten
+
 FORMAT = "meld-feature-cache"
 VERSION = 1
-STALE_TMP_SECONDS = 3600.0  # a temporary file this old belongs to a run that was killed
 
 
 class CacheMismatchError(ValueError):
@@ -91,18 +92,6 @@ def key_params(preprocess: Mapping[str, Any]) -> dict[str, Any]:
     return params
 
 
-def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{"video": {"size": 224}} -> {"video.size": 224}."""
-    flat: dict[str, Any] = {}
-    for key, value in params.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(flatten(value, name + "."))
-        else:
-            flat[name] = value
-    return flat
-
-
 def param_differences(cached: Mapping[str, Any], wanted: Mapping[str, Any]) -> list[str]:
     """One line "key: cache has X, wanted Y" per dotted key whose value differs."""
     old, new = flatten(key_params(cached)), flatten(key_params(wanted))
@@ -115,52 +104,9 @@ def param_differences(cached: Mapping[str, Any], wanted: Mapping[str, Any]) -> l
             if key not in old or key not in new or old[key] != new[key]]
 
 
-# --------------------------------------------------------------------------- atomic writes
-def write_atomic(path: Path, write: Callable[[Any], None]) -> None:
-    """Call ``write(file)`` on a temporary file next to ``path``, then rename it into place."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as file:
-            write(file)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def write_json(path: Path, data: Any) -> None:
-    write_atomic(path, lambda file: file.write(json.dumps(data, ensure_ascii=False, indent=1).encode("utf-8")))
-
-
+# --------------------------------------------------------------------------- reading
 def read_json(path: Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8"))
-
-
-# --------------------------------------------------------------------------- writing
-def meta_for(split: str, preprocess: Mapping[str, Any]) -> dict[str, Any]:
-    return {"format": FORMAT, "version": VERSION, "split": split, "preprocess": dict(preprocess),
-            "key": params_key(preprocess)}
-
-
-def prepare_split(split_dir: str | Path, split: str, preprocess: Mapping[str, Any],
-                  ids: Sequence[str]) -> Path:
-    """Create (or reopen) a split folder for writing with these parameters and ids.
-
-    Raises CacheMismatchError when the folder holds a cache made with other parameters.
-    """
-    split_dir = Path(split_dir)
-    (split_dir / "items").mkdir(parents=True, exist_ok=True)
-    (split_dir / "status").mkdir(exist_ok=True)
-    meta_path = split_dir / "meta.json"
-    if meta_path.exists():
-        check_meta(read_json(meta_path), preprocess, split_dir)
-    else:
-        write_json(meta_path, meta_for(split, preprocess))
-    ids_path = split_dir / "ids.json"
-    if not ids_path.exists() or read_json(ids_path) != list(ids):
-        write_json(ids_path, list(ids))
-        (split_dir / "manifest.jsonl").unlink(missing_ok=True)  # it no longer lists every id
-    return split_dir
 
 
 def check_meta(meta: Mapping[str, Any], preprocess: Mapping[str, Any], split_dir: Path) -> None:
@@ -179,48 +125,6 @@ def check_meta(meta: Mapping[str, Any], preprocess: Mapping[str, Any], split_dir
 def done_ids(split_dir: str | Path) -> set[str]:
     """Ids that already have a status record (ok or skipped)."""
     return {name[:-5] for name in os.listdir(Path(split_dir) / "status") if name.endswith(".json")}
-
-
-def write_entry(split_dir: str | Path, row: Mapping[str, Any],
-                arrays: Mapping[str, np.ndarray] | None = None) -> None:
-    """Store one finished id: its arrays (when ok), then its status record."""
-    split_dir = Path(split_dir)
-    if arrays:
-        write_atomic(split_dir / "items" / f"{row['id']}.npz", lambda file: np.savez(file, **arrays))
-    write_json(split_dir / "status" / f"{row['id']}.json", dict(row))
-
-
-def read_records(split_dir: str | Path, ids: Iterable[str]) -> dict[str, dict[str, Any]]:
-    """The status records of those ``ids`` that have one."""
-    split_dir, done = Path(split_dir), done_ids(split_dir)
-    return {id_: read_json(split_dir / "status" / f"{id_}.json") for id_ in ids if id_ in done}
-
-
-def forget_entries(split_dir: str | Path, ids: Iterable[str]) -> None:
-    """Remove the entries of ``ids`` (status record, then arrays) and the manifest, which no
-    longer describes the split: they are about to be made again."""
-    split_dir = Path(split_dir)
-    (split_dir / "manifest.jsonl").unlink(missing_ok=True)
-    for id_ in ids:
-        (split_dir / "status" / f"{id_}.json").unlink(missing_ok=True)
-        (split_dir / "items" / f"{id_}.npz").unlink(missing_ok=True)
-
-
-def merge_split(split_dir: str | Path) -> list[str]:
-    """Write ``manifest.jsonl`` if every expected id has a status; return the ids still
-    missing (empty when the manifest was written). Also removes temporary files left by
-    killed runs."""
-    split_dir = Path(split_dir)
-    ids = read_json(split_dir / "ids.json")
-    done = done_ids(split_dir)
-    missing = [id_ for id_ in ids if id_ not in done]
-    if missing:
-        return missing
-    rows = (json.dumps(read_json(split_dir / "status" / f"{id_}.json"), ensure_ascii=False) + "\n"
-            for id_ in ids)
-    write_atomic(split_dir / "manifest.jsonl", lambda file: file.write("".join(rows).encode("utf-8")))
-    remove_stale_tmp(split_dir)
-    return []
 
 
 def read_manifest(split_dir: str | Path) -> list[dict[str, Any]]:
@@ -257,19 +161,6 @@ def read_manifest(split_dir: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
-def remove_stale_tmp(split_dir: Path) -> None:
-    """Delete temporary files old enough to belong to killed runs, not running ones."""
-    cutoff = time.time() - STALE_TMP_SECONDS
-    for folder in (split_dir / "items", split_dir / "status"):
-        for tmp in folder.glob(".*.tmp"):
-            try:
-                if tmp.stat().st_mtime < cutoff:
-                    tmp.unlink()
-            except FileNotFoundError:
-                pass
-
-
-# --------------------------------------------------------------------------- reading
 def expected_arrays(preprocess: Mapping[str, Any], modalities: Collection[str]) -> dict[str, tuple[tuple, str]]:
     """The arrays an ok entry with these present modalities holds, as the layout above
     gives them: name -> (shape, a size or the name of a free length per dimension; dtype)."""

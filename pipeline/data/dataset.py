@@ -13,11 +13,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from pipeline.cache import CacheSplit
-from pipeline.dialogues import dialogue_of, positions
-from pipeline.features import WAVEFORM_SCALE
 from pipeline.config import MODALITIES
+from pipeline.data.cache import CacheSplit
+from pipeline.data.dialogues import dialogue_of, positions
 from pipeline.labels import EMOTIONS, POLARITY, REGRESSION, SENTIMENTS
+from pipeline.media.features import WAVEFORM_SCALE
 
 MIN_AUDIO_FRAMES = 96  # the padded log-mel length of a batch is at least 0.96 s (one VGGish patch)
 IGNORE_INDEX = -100  # class label of a sample whose label is unknown
@@ -57,7 +57,7 @@ class MeldDataset(Dataset):
         return item
 
     def dialogues(self) -> list[dict[str, Any]]:
-        """Each sample's ``dialogue`` entry (see pipeline.dialogues), from the manifest."""
+        """Each sample's ``dialogue`` entry (see pipeline.data.dialogues), from the manifest."""
         return [dialogue_of(record) for record in self.records]
 
     def lengths(self) -> np.ndarray | None:
@@ -124,7 +124,7 @@ def collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
     video {frames Uint8[B,N,3,H,W], mask Bool[B]}
     labels {emotion Long[B], sentiment Long[B], regression Float[B,K]}
     dialogue {index Long[B], turn Long[B], speaker Long[B]}  (when the items carry ``dialogue``)
-    <modality> {embedding Float[B,D], mask Bool[B]}  (items of pipeline.embeddings.EmbeddedDataset)
+    <modality> {embedding Float[B,D], mask Bool[B]}  (items of pipeline.data.embeddings.EmbeddedDataset)
     """
     batch: dict[str, Any] = {
         "ids": [item["id"] for item in items],

@@ -28,9 +28,10 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from pipeline.cache import CacheMismatchError, CacheSplit, flatten, read_json
-from pipeline.data import labels_of
-from pipeline.dialogues import dialogue_of
+from pipeline.config import flatten
+from pipeline.data.cache import CacheMismatchError, CacheSplit, read_json
+from pipeline.data.dataset import labels_of
+from pipeline.data.dialogues import dialogue_of
 
 FORMAT = "meld-fusion-embeddings"
 VERSION = 1
@@ -126,7 +127,7 @@ class EmbeddingSplit:
 class EmbeddedDataset(Dataset):
     """The ok samples of a cached split with their vectors instead of their features.
 
-    Item: like :class:`pipeline.data.MeldDataset`'s, with ``<modality>: {"embedding":
+    Item: like :class:`pipeline.data.dataset.MeldDataset`'s, with ``<modality>: {"embedding":
     Float[D], "present": bool}`` for each of ``modalities``.
     """
 
@@ -165,32 +166,3 @@ class EmbeddedDataset(Dataset):
     def lengths(self) -> None:
         """Vectors need no padding, so length grouping does not apply."""
         return None
-
-
-def open_for_training(emb_dir: Path, caches: Mapping[str, CacheSplit | None], model: nn.Module,
-                      sections: Mapping[str, Any], modalities: Sequence[str]) -> dict[str, EmbeddedDataset]:
-    """The embedded datasets of ``caches`` (role -> cache split) from ``emb_dir``, checked to
-    hold vectors that ``model``'s encoders (config ``sections``) make from these caches.
-
-    Vectors made from a checkpoint's encoders (the two-stage recipe) load those encoders'
-    weights into ``model`` first, from the checkpoint that meta.json names, so that the
-    trained model holds the encoders that made its inputs and ``pipeline.infer`` runs it on
-    raw clips. Every encoder is then frozen: training reads the vectors, not the encoders.
-    """
-    from pipeline.model import load_checkpoint
-
-    splits = {role: EmbeddingSplit(emb_dir / cache.split_dir.name) for role, cache in caches.items()
-              if cache is not None}
-    encoders = {m: model.encoders[m] for m in modalities}
-    source = splits["train"].meta.get("source", {})
-    if source.get("checkpoint"):
-        path = Path(source["checkpoint"])
-        state = load_checkpoint(path)["model"]
-        for m, encoder in encoders.items():
-            prefix = f"encoders.{m}."
-            encoder.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
-    for role, split in splits.items():
-        check_key(split.split_dir, split.meta, embedding_key(encoders, sections, caches[role]))
-    for encoder in encoders.values():
-        encoder.requires_grad_(False)
-    return {role: EmbeddedDataset(caches[role], split, modalities) for role, split in splits.items()}

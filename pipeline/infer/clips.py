@@ -12,7 +12,7 @@ import glob
 import logging
 from pathlib import Path
 
-from pipeline.transcripts import SIDECAR_EXTENSIONS, InputError
+from pipeline.infer.transcripts import SIDECAR_EXTENSIONS, InputError
 
 logger = logging.getLogger(__name__)
 

@@ -13,10 +13,10 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 
 from pipeline.config import PreprocessConfig, from_dict
-from pipeline.dialogues import group_dialogues
-from pipeline.features import Utterance, extract_features, single_threaded_process
-from pipeline.media import ClipError
-from pipeline.transcripts import TranscriptTable, read_sidecar
+from pipeline.data.dialogues import group_dialogues
+from pipeline.infer.transcripts import TranscriptTable, read_sidecar
+from pipeline.media.decode import ClipError
+from pipeline.media.features import Utterance, extract_features, single_threaded_process
 from pipeline.workers import Lost, WorkerPool
 
 logger = logging.getLogger("pipeline.infer")
@@ -35,7 +35,7 @@ class Job:
     turn: int = 0
 
     def place(self) -> dict[str, Any]:
-        """The item's ``dialogue`` entry (see pipeline.dialogues)."""
+        """The item's ``dialogue`` entry (see pipeline.data.dialogues)."""
         return {"key": self.dialogue or f"clip:{self.clip}", "turn": self.turn,
                 "speaker": self.utterance.speaker if self.utterance is not None and self.utterance.speaker else None}
 

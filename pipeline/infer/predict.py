@@ -1,47 +1,5 @@
-"""Batch inference: ``python -m pipeline.infer --checkpoint RUN/best.pt --clips DIR|GLOB|LIST.txt``.
-
-    python -m pipeline.infer --checkpoint RUN/best.pt --clips DIR|GLOB|LIST.txt
-        [--transcripts MELD.csv|CLIPS.csv] --out predictions.jsonl|.csv
-        [--batch-size B] [--workers N] [--device auto|cpu|cuda|cuda:N]
-
-Everything the model needs comes from the checkpoint: the architecture and weights, the
-preprocessing parameters of the cache it was trained on (``ckpt["preprocess"]``) and the
-tokenizer named there. Each clip goes through ``features.extract_features`` (the code that
-built the training cache) and ``data.make_item`` + ``data.collate`` (the code that fed the
-model in training and evaluation), so a clip gets the prediction evaluation gives it (up to
-float rounding: batches are padded to their longest sample).
-
-Clips (``pipeline.clips``): a folder (its video and audio files, sorted by name; what it
-skips is logged, with why), a glob pattern, a single clip, or a ``.txt`` list with one path
-per line (relative to the list's folder; blank and ``#`` lines skipped). An audio-only file
-(``.wav``, ``.m4a``, ...) is predicted from its audio and text, its video masked. Transcripts: a MELD CSV (clip ``dia{D}_utt{U}``; speaker prefix and dialogue
-context as in training; its labels give accuracy and weighted F1), a CSV with ``clip,text``
-columns (and optionally ``speaker``; ``clip`` is a file name, stem or path relative to the
-CSV's folder), or, without ``--transcripts``, a ``.srt`` or ``.txt`` file next to each
-clip with the same stem. A clip without a transcript is predicted with its text masked.
-
-A model with a dialogue context (``model.context``) reads the clips of a dialogue together,
-in turn order, as the transcripts place them (MELD's ``Dialogue_ID``/``Utterance_ID``, or
-``dialogue``/``turn`` columns); its rows come grouped by dialogue in turn order, and a clip
-with no place is a dialogue of one.
-
-Output: one row per clip in input order, ``status`` "ok" or "error" (a missing, empty or
-unreadable clip, with the reason; the run goes on and exits 0). JSON lines by default, CSV
-when ``--out`` ends with ``.csv`` (``pipeline.predictions``). Rows are streamed to
-``OUT.partial`` as batches finish and the file is renamed to ``OUT`` at the end: a reader
-never mistakes a killed run's output for a complete one, and the partial file still holds
-every row done so far (a write that fails, on a full disk, stops the run with one error
-line and leaves it cut back to its last whole row). Before any work, an ``--out`` that is one of the run's inputs (a clip, a
-sidecar, the checkpoint, the transcripts, the list; links resolved) or a directory is
-refused, and ``OUT.partial`` is locked (``fcntl.flock``): a second run with the same
-``--out`` is refused while one writes.
-
-Decoding runs in a pool of long-lived worker processes (each loads the tokenizer once) fed
-through a bounded window of clips in input order, while this process batches the decoded
-clips and runs the model: decoding and the model overlap. The first batches go to the model
-before they are full (1, 2, 4, ... clips) so that it starts at once (see ``batches``). On
-the CPU the cores are split: ``--workers`` decode, the model gets the remaining cores as
-torch threads.
+"""Inference at work: a checkpoint's model (:class:`Predictor`) over decoded clips, batch by
+batch, one output row per clip in input order. The command line is :mod:`pipeline.infer.cli`.
 """
 from __future__ import annotations
 
@@ -50,8 +8,6 @@ import collections
 import logging
 import math
 import os
-import re
-import sys
 import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -60,17 +16,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from pipeline import meld
-from pipeline.clips import list_clips
-from pipeline.config import ConfigError, PreprocessConfig, config_from_dict, from_dict
-from pipeline.data import collate, labels_of, make_item
-from pipeline.decoding import DecodePool, Decoded, Job, batches, dialogue_batches, in_dialogue_order, make_jobs
-from pipeline.distributed import pick_device, setup_cli_logging
+from pipeline.config import config_from_dict
+from pipeline.data.dataset import collate, labels_of, make_item
 from pipeline.execution import autocast, inference_dtype, to_device
+from pipeline.infer.decoding import Decoded, DecodePool, Job, batches, dialogue_batches
+from pipeline.infer.predictions import TASKS, RowWriter
+from pipeline.infer.transcripts import SIDECAR_EXTENSIONS
 from pipeline.metrics import classification_metrics
-from pipeline.model import CheckpointError, MultimodalModel, load_checkpoint
-from pipeline.predictions import TASKS, OutputError, RowWriter, check_output
-from pipeline.transcripts import SIDECAR_EXTENSIONS, InputError, read_transcripts
+from pipeline.model import CheckpointError, MultimodalModel
 
 logger = logging.getLogger(__name__)
 
@@ -232,79 +185,3 @@ def input_files(args: argparse.Namespace, clips: Sequence[Path]) -> list[Path]:
     if Path(args.clips).is_file():
         files.append(Path(args.clips))
     return files
-
-
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m pipeline.infer", formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Predict emotion and sentiment for every clip with a trained checkpoint.",
-        epilog=__doc__.split("\n\n", 2)[2])
-    parser.add_argument("--checkpoint", required=True, type=Path, help="best.pt / last.pt of pipeline.train")
-    parser.add_argument("--clips", required=True, help="folder, glob pattern, single clip or .txt list")
-    parser.add_argument("--transcripts", type=Path,
-                        help="MELD CSV or clip,text CSV (default: .srt/.txt next to each clip)")
-    parser.add_argument("--out", required=True, type=Path, help="predictions .jsonl (or .csv)")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--workers", type=int, default=None,
-                        help="decoding processes (default: all cores on a GPU, half on the CPU; 0 = in this process)")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    args = parser.parse_args(argv)
-    if args.batch_size < 1:
-        parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.workers is not None and args.workers < 0:
-        parser.error(f"--workers must be >= 0, got {args.workers}")
-    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", args.device):
-        parser.error(f"--device must be auto, cpu, cuda or cuda:N, got {args.device!r}")
-    return args
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command line; returns the exit status (0 also when some clips are error rows)."""
-    setup_cli_logging()
-    args = parse_args(argv)
-    try:
-        device = pick_device(args.device)
-    except RuntimeError:  # a CUDA device asked for where none is visible
-        logger.error("--device %s: no CUDA device is visible; use --device cpu (or auto)", args.device)
-        return 1
-    try:
-        writer = None
-        ckpt = load_checkpoint(args.checkpoint)
-        check_finite_weights(ckpt, args.checkpoint)
-        if not isinstance(ckpt.get("preprocess"), Mapping):
-            raise CheckpointError(f"{args.checkpoint} stores no preprocessing parameters (key 'preprocess')")
-        pcfg = from_dict(PreprocessConfig, dict(ckpt["preprocess"]), "preprocess")
-        clips = list_clips(args.clips)
-        check_output(args.out, input_files(args, clips))
-        transcripts = (read_transcripts(args.transcripts, pcfg.text.context_turns)
-                       if args.transcripts is not None else None)
-        jobs = make_jobs(clips, transcripts)
-        predictor = Predictor(ckpt, device)
-        writer = RowWriter(args.out, predictor.labels)  # locks OUT.partial before any decoding
-        if predictor.model.reads_dialogues:
-            jobs = in_dialogue_order(jobs)
-        workers = default_workers(device) if args.workers is None else args.workers
-        pool = DecodePool(predictor.preprocess, min(workers, len(jobs)),
-                          default_lookahead(args.batch_size, workers)).start()
-    except (CheckpointError, ConfigError, InputError, meld.MeldFormatError, OSError, OutputError) as err:
-        if writer is not None:
-            writer.abandon()
-        logger.error("%s", err)
-        return 1
-    if device.type == "cpu":
-        torch.set_num_threads(model_threads(workers))
-    logger.info("checkpoint %s (epoch %s), %s model on %s, %d decoding workers", args.checkpoint,
-                ckpt.get("epoch"), "+".join(predictor.modalities), device, workers)
-    try:
-        with pool:
-            summary = run(predictor, jobs, pool, args.out, args.batch_size, writer)
-    except OutputError as err:  # a full disk: one line, the partial file left with whole rows only
-        logger.error("%s", err)
-        return 1
-    if summary["metrics"]:
-        print("metrics over the labelled ok clips:\n" + format_metrics(summary["metrics"]))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

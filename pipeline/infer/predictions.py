@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from pipeline.transcripts import InputError
+from pipeline.infer.transcripts import InputError
 
 logger = logging.getLogger(__name__)
 

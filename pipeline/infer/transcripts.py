@@ -14,8 +14,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline import meld
-from pipeline.features import Utterance
+from pipeline.data import meld
+from pipeline.media.features import Utterance
 
 SIDECAR_EXTENSIONS = (".srt", ".txt")  # looked up in this order next to each clip
 SRT_TAG = re.compile(r"<[^>]*>|\{\\[^}]*\}")  # <i>...</i> and {\an8}-style styling

@@ -13,7 +13,7 @@ Why it is shaped this way (see DESIGN "Performance notes"):
 - Clips longer than ``LONG_CLIP_SECONDS`` are not decoded in full: the command opens the
   file once per sampled time with ``-ss`` before ``-i`` (a keyframe seek), keeps one frame
   of each and concatenates them; audio comes from one more input read for ``max_seconds``.
-- Probing (what the clip holds, how long it is) lives in ``pipeline.probe``.
+- Probing (what the clip holds, how long it is) lives in ``pipeline.media.probe``.
 - Frames leave ffmpeg as PPM images (rgb24 behind a tiny header), so their size is read
   from the stream itself and rotated or portrait clips need no special casing.
 """
@@ -34,7 +34,16 @@ import ffmpeg
 import numpy as np
 
 from pipeline.config import AudioFeatures, VideoFeatures
-from pipeline.probe import SAFE_INPUT, SAFE_INPUT_ARGS, ClipError, ClipInfo, as_float, check_file, last_line, probe
+from pipeline.media.probe import (
+    SAFE_INPUT,
+    SAFE_INPUT_ARGS,
+    ClipError,
+    ClipInfo,
+    as_float,
+    check_file,
+    last_line,
+    probe,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -282,11 +291,11 @@ def largest_face(frame: np.ndarray) -> tuple[int, int, int, int] | None:
 def face_crop(frames: np.ndarray, size: int, detector: str = "opencv") -> tuple[np.ndarray, int]:
     """Crop each frame uint8[N,H,W,3] to a square around its largest face, resized to
     ``size``: (uint8[N,size,size,3], how many frames showed a face). ``detector``: opencv
-    (the Haar cascade) or mtcnn (pipeline.faces). A frame without a detection uses the
+    (the Haar cascade) or mtcnn (pipeline.media.faces). A frame without a detection uses the
     nearest frame's face (so the crop does not jump), and a clip without any face falls
     back to the centre crop."""
     if detector == "mtcnn":
-        from pipeline.faces import largest_faces  # imported here: torch is needed by this detector only
+        from pipeline.media.faces import largest_faces  # imported here: torch is needed by this detector only
 
         boxes = largest_faces(frames)
     else:

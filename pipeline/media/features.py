@@ -25,7 +25,7 @@ import torch
 import torchaudio
 
 from pipeline.config import AudioFeatures, PreprocessConfig, TextFeatures
-from pipeline.media import ClipError, load_clip
+from pipeline.media.decode import ClipError, load_clip
 
 # MELD's older CSVs hold cp1252 bytes decoded as Latin-1: U+0092 where "’" was meant.
 # These code points (C1 controls) never occur in real text, so each is mapped to the

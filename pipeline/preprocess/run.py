@@ -1,21 +1,6 @@
-"""Preprocess raw MELD into the feature cache (see pipeline/cache.py for the layout).
-
-    python -m pipeline.preprocess MELD_ROOT OUT_DIR [--splits train,dev,test] [--workers N]
-        [--num-shards N --shard-id I] [--config YAML] [--csv-dir DIR]
-        [--train-csv F] [--train-clips D] [--dev-csv F] ... [key=value ...]
-    python -m pipeline.preprocess --merge OUT_DIR [--splits ...]
-
-``key=value`` are Config overrides with full dotted keys (``preprocess.video.num_frames=4``);
-only the ``preprocess`` section matters here. ``preprocess.modalities=[text]`` builds a
-text-only cache from the CSVs alone, without any clip.
-
-Each CSV row becomes one manifest row; a clip that is missing, empty or unreadable gives a
-``skipped`` row with its reason (the run goes on), and a clip on disk that no row names
-gives a ``skipped`` row with reason "no label". Finished ids are recorded one by one, so a
-killed run resumes where it stopped and a finished one does nothing. With
-``--num-shards N --shard-id I`` this process takes the ids whose hash falls in shard I;
-shards may share OUT_DIR, and the last one to finish writes the manifest (``--merge``
-does it explicitly).
+"""Preprocessing at work: the plan of each split (CSV rows, clips, unlabelled extras), the
+worker pool that turns clips into cache entries, and the manifest of each finished split.
+The command line is :mod:`pipeline.preprocess.cli`; the cache layout :mod:`pipeline.data.cache`.
 """
 from __future__ import annotations
 
@@ -25,7 +10,6 @@ import json
 import logging
 import os
 import re
-import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -34,12 +18,11 @@ from typing import Any, Iterable, Sequence
 
 from tqdm import tqdm
 
-from pipeline import cache, meld
-from pipeline.distributed import setup_cli_logging
-from pipeline.config import Config, ConfigError, PreprocessConfig, from_dict, resolve_raw, to_dict
-from pipeline.features import Utterance, extract_features, normalize_text, single_threaded_process
-from pipeline.media import ClipError
-from pipeline.workers import Lost, WorkerPool, WorkerStartError
+from pipeline.config import PreprocessConfig, from_dict, to_dict
+from pipeline.data import cache, cache_writer, meld
+from pipeline.media.decode import ClipError
+from pipeline.media.features import Utterance, extract_features, normalize_text, single_threaded_process
+from pipeline.workers import Lost, WorkerPool
 
 logger = logging.getLogger(__name__)
 
@@ -152,12 +135,12 @@ class Worker:
             arrays, modalities = extract_features(task.clip, task.utterance, self.pcfg, self.tokenizer, notes)
         except ClipError as err:
             row.update(status="skipped", reason=err.reason, modalities=[])
-            cache.write_entry(task.split_dir, row)
+            cache_writer.write_entry(task.split_dir, row)
             return row
         except Exception as err:  # a bug, not a bad clip: stop, naming the sample
             raise RuntimeError(f"{row['id']} ({task.clip}): {err!r}") from err
         row.update(status="ok", reason=None, modalities=modalities, **notes)  # face_frames with face_crop
-        cache.write_entry(task.split_dir, row, arrays)
+        cache_writer.write_entry(task.split_dir, row, arrays)
         return row
 
 
@@ -179,7 +162,7 @@ def lost_row(task: Task, reason: str) -> dict[str, Any]:
     a rerun tries it again, see ``preprocess_split``)."""
     row = dict(task.row)
     row.update(status="skipped", reason=reason, modalities=[])
-    cache.write_entry(task.split_dir, row)
+    cache_writer.write_entry(task.split_dir, row)
     return row
 
 
@@ -222,14 +205,14 @@ def preprocess_split(split: str, tasks: Sequence[Task], extras: Sequence[dict[st
                      shard_id: int) -> None:
     """Process this shard's pending ids of ``split``, then merge if every shard is done."""
     ids = [task.row["id"] for task in tasks] + [row["id"] for row in extras]
-    cache.prepare_split(split_dir, split, to_dict(pcfg), ids)
+    cache_writer.prepare_split(split_dir, split, to_dict(pcfg), ids)
     mine = [id_ for id_ in ids if in_shard(id_, num_shards, shard_id)]
     mine_set = set(mine)
-    records = cache.read_records(split_dir, mine)
+    records = cache_writer.read_records(split_dir, mine)
     for row in extras:
         if row["id"] in mine_set and (records.get(row["id"]) or {}).get("reason") != NO_LABEL:
-            cache.forget_entries(split_dir, [row["id"]])
-            cache.write_entry(split_dir, row)
+            cache_writer.forget_entries(split_dir, [row["id"]])
+            cache_writer.write_entry(split_dir, row)
     pending = [task for task in tasks if task.row["id"] in mine_set and not up_to_date(records.get(task.row["id"]), task.row)]
     stale = [task.row["id"] for task in pending if task.row["id"] in records]
     if stale:  # their old arrays and rows must not outlive them, nor a manifest that lists them
@@ -237,7 +220,7 @@ def preprocess_split(split: str, tasks: Sequence[Task], extras: Sequence[dict[st
         logger.info("%s: %d entries to make again: %d whose CSV row or clip changed since they were cached, "
                     "%d lost to a worker that died (e.g. %s)", split, len(stale), len(stale) - lost, lost,
                     ", ".join(stale[:5]))
-        cache.forget_entries(split_dir, stale)
+        cache_writer.forget_entries(split_dir, stale)
     logger.info("%s: %d rows, %d unlabelled clips; shard %d/%d: %d ids, %d to do", split,
                 len(tasks), len(extras), shard_id, num_shards, len(mine), len(pending))
     start = time.perf_counter()
@@ -247,7 +230,7 @@ def preprocess_split(split: str, tasks: Sequence[Task], extras: Sequence[dict[st
                 bar.update()
     elapsed = time.perf_counter() - start
     complete = not pending and manifest_intact(split_dir)
-    missing = [] if complete else cache.merge_split(split_dir)
+    missing = [] if complete else cache_writer.merge_split(split_dir)
     log_summary(split, split_dir, mine, len(pending), elapsed, missing)
 
 
@@ -280,52 +263,6 @@ def log_summary(split: str, split_dir: Path, ids: Sequence[str], processed: int,
                 manifest)
 
 
-# --------------------------------------------------------------------------- command line
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m pipeline.preprocess",
-        description="Preprocess raw MELD (CSVs + clips) into the feature cache.",
-        usage="%(prog)s MELD_ROOT OUT_DIR [options] [key=value ...]\n"
-              "       %(prog)s --merge OUT_DIR [--splits ...]")
-    parser.add_argument("positional", nargs="*", metavar="MELD_ROOT OUT_DIR [key=value ...]",
-                        help="MELD root (holding the CSVs and clip folders), output folder, "
-                             "then Config overrides such as preprocess.video.num_frames=4")
-    parser.add_argument("--splits", default=",".join(meld.SPLITS), help="comma-separated (default: %(default)s)")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                        help="worker processes (default: one per CPU; 1 = in this process)")
-    parser.add_argument("--num-shards", type=int, default=1)
-    parser.add_argument("--shard-id", type=int, default=0)
-    parser.add_argument("--config", help="YAML config file (its preprocess section is used)")
-    parser.add_argument("--csv-dir", help="folder holding the three CSVs")
-    for split in meld.SPLITS:
-        parser.add_argument(f"--{split}-csv", help=f"CSV of the {split} split")
-        parser.add_argument(f"--{split}-clips", help=f"clip folder of the {split} split")
-    parser.add_argument("--merge", action="store_true",
-                        help="only write the manifests of OUT_DIR's finished splits")
-    args = parser.parse_intermixed_args(argv)
-    args.overrides = [item for item in args.positional if OVERRIDE.match(item)]
-    paths = [Path(item) for item in args.positional if not OVERRIDE.match(item)]
-    if args.merge and len(paths) in (1, 2):
-        args.meld_root, args.out_dir = None, paths[-1]
-    elif len(paths) == 2:
-        args.meld_root, args.out_dir = paths
-    else:
-        parser.error("expected MELD_ROOT OUT_DIR (or --merge OUT_DIR)")
-    args.splits = [split.strip() for split in args.splits.split(",") if split.strip()]
-    unknown = sorted(set(args.splits) - set(meld.SPLITS))
-    if unknown or not args.splits:
-        parser.error(f"--splits: unknown {unknown}; choose from {list(meld.SPLITS)}")
-    if args.num_shards < 1 or not 0 <= args.shard_id < args.num_shards:
-        parser.error(f"--shard-id must be in [0, --num-shards), got {args.shard_id} of {args.num_shards}")
-    try:
-        # Only the preprocess section is used: the model sections are not resolved, so a
-        # text-only cache needs no model.modalities override.
-        args.pcfg = from_dict(Config, resolve_raw(Config, args.config, args.overrides)).preprocess
-    except ConfigError as err:
-        parser.error(str(err))
-    return args
-
-
 def merge(out_dir: Path, splits: Sequence[str]) -> int:
     """Write the manifest of each finished split; 1 if any split is still incomplete."""
     status = 0
@@ -334,7 +271,7 @@ def merge(out_dir: Path, splits: Sequence[str]) -> int:
         if not (split_dir / "ids.json").is_file():
             logger.info("%s: no cache in %s", split, split_dir)
             continue
-        missing = cache.merge_split(split_dir)
+        missing = cache_writer.merge_split(split_dir)
         if missing:
             status = 1
             logger.error("%s: %d ids have no status yet (e.g. %s); run the remaining shards",
@@ -342,41 +279,3 @@ def merge(out_dir: Path, splits: Sequence[str]) -> int:
         else:
             logger.info("%s: wrote %s", split, split_dir / "manifest.jsonl")
     return status
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    setup_cli_logging()
-    args = parse_args(argv)
-    if args.merge:
-        return merge(args.out_dir, args.splits)
-    pcfg = args.pcfg
-    needs_clips = bool({"audio", "video"} & set(pcfg.modalities))
-    try:  # read every CSV first, so that a bad one stops the run before any work
-        plans = {}
-        for split in args.splits:
-            csv_path, clip_dir = split_sources(args, split, needs_clips)
-            plans[split] = plan_split(split, csv_path, clip_dir, args.out_dir / split, pcfg)
-    except (FileNotFoundError, meld.MeldFormatError) as err:
-        logger.error("%s", err)
-        return 1
-    try:
-        runner = Runner(to_dict(pcfg), args.workers)
-    except (OSError, ValueError) as err:  # the text model's tokenizer cannot be loaded
-        logger.error("%s", err)
-        return 1
-    failed = True
-    try:
-        for split, (tasks, extras) in plans.items():
-            preprocess_split(split, tasks, extras, args.out_dir / split, pcfg, runner,
-                             args.num_shards, args.shard_id)
-        failed = False
-    except (cache.CacheMismatchError, WorkerStartError) as err:
-        logger.error("%s", err)
-        return 1
-    finally:
-        runner.close(failed)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -14,13 +14,12 @@ from typing import TYPE_CHECKING, Any, Mapping
 import numpy as np
 import torch
 
-from pipeline import distributed as dist
-from pipeline.cache import flatten
-from pipeline.config import Config
+from pipeline.config import Config, flatten
 from pipeline.model import make_checkpoint
+from pipeline.train import distributed as dist
 
 if TYPE_CHECKING:
-    from pipeline.train import Session
+    from pipeline.train.session import Session
 
 log = logging.getLogger(__name__)
 

@@ -19,9 +19,13 @@ from typing import Any, Callable, TypeVar
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from pipeline.execution import pick_device
+from pipeline.logs import LOG_FORMAT
 
 log = logging.getLogger(__name__)
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 T = TypeVar("T")
 
 
@@ -42,18 +46,14 @@ def is_main_process() -> bool:
     return get_rank() == 0
 
 
-def pick_device(name: str = "auto") -> torch.device:
-    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; under torchrun each rank takes
-    the GPU of its ``LOCAL_RANK``."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise RuntimeError(f"train.device={name} but no CUDA device is visible; use train.device=cpu")
-        if device.index is None:
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    return device
+def wrap_ddp(model: nn.Module, device: torch.device) -> nn.Module:
+    """DDP around ``model`` under torchrun (again after unfreezing: DDP registers only the
+    parameters that require gradients when it is built)."""
+    if not is_distributed():
+        return model
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                   gradient_as_bucket_view=True)
+
 
 
 def init_distributed(device_name: str = "auto", timeout_minutes: float = 10.0) -> torch.device:
@@ -167,13 +167,6 @@ def reduce_mean(value: float, device: torch.device) -> float:
     tensor = torch.tensor([value], dtype=torch.float64, device=device)
     dist.all_reduce(tensor)
     return tensor.item() / get_world_size()
-
-
-def setup_cli_logging() -> None:
-    """INFO to stderr for a command-line tool, unless the caller (a test, a notebook, another
-    tool) has configured logging already."""
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
 
 
 def setup_logging() -> None:

@@ -1,18 +1,28 @@
-"""Stopping training cleanly when a scheduler preempts it.
+"""Guards of a training run: a clean stop when a scheduler preempts it, and one run per
+``output_dir``.
 
-Schedulers (SLURM, Kubernetes, torchrun passing it on) stop a job with SIGTERM and kill it
-a grace period later. Inside :class:`StopOnSignal` the first SIGTERM only sets a flag: the
-training loop finishes its current optimizer step, writes ``last.pt`` with the place in the
-epoch, says how to resume and exits with status 128 + the signal number (143). A second
-SIGTERM acts as it did before (it kills). Under DDP the ranks agree on the step to stop at
-(the flag is reduced over ranks at every step), since a signal may reach them at different
-moments.
+**Preemption.** Schedulers (SLURM, Kubernetes, torchrun passing it on) stop a job with
+SIGTERM and kill it a grace period later. Inside :class:`StopOnSignal` the first SIGTERM
+only sets a flag: the training loop finishes its current optimizer step, writes ``last.pt``
+with the place in the epoch, says how to resume and exits with status 128 + the signal
+number (143). A second SIGTERM acts as it did before (it kills). Under DDP the ranks agree
+on the step to stop at (the flag is reduced over ranks at every step), since a signal may
+reach them at different moments.
+
+**One run per folder** (:class:`RunLock`). Two runs writing one folder mix their checkpoints
+and metrics, and one of them dies on the other's ``best.pt.tmp``. Rank 0 takes an exclusive
+lock on ``output_dir/.lock`` (``fcntl.flock``: released when the process exits, however it
+exits) before it writes anything into the folder; a second run is refused with the pid of
+the one holding it.
 """
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import signal
 import threading
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -68,3 +78,34 @@ class StopOnSignal:
     @property
     def name(self) -> str:
         return signal.Signals(self.received).name if self.received else "a signal"
+
+
+class OutputDirInUse(FileExistsError):
+    """Another training run holds ``output_dir``."""
+
+
+class RunLock:
+    """``acquire()`` (rank 0) before writing into ``out_dir``; ``release()`` at the end."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self.path = Path(out_dir) / ".lock"
+        self.descriptor: int | None = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(descriptor, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            os.close(descriptor)
+            raise OutputDirInUse(f"output_dir {self.path.parent} is in use by another training run (pid {holder}); "
+                                 "wait for it to finish or choose another output_dir") from None
+        os.ftruncate(descriptor, 0)
+        os.pwrite(descriptor, f"{os.getpid()}\n".encode("ascii"), 0)
+        self.descriptor = descriptor
+
+    def release(self) -> None:
+        if self.descriptor is not None:
+            os.close(self.descriptor)  # the lock goes with it; the file stays (removing it would race)
+            self.descriptor = None

@@ -4,18 +4,21 @@ similar length, or batches of whole dialogues for a dialogue model."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
+from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
-from pipeline import distributed as dist
-from pipeline.cache import CacheSplit
 from pipeline.config import Config, to_dict
-from pipeline.data import collate
-from pipeline.dialogues import DialogueBatches
-from pipeline.model import MultimodalModel
-from pipeline.samplers import ClassBalancedSampler, LengthGroupedBatches
+from pipeline.data.cache import CacheSplit
+from pipeline.data.dataset import collate
+from pipeline.data.dialogues import DialogueBatches
+from pipeline.data.embeddings import EmbeddedDataset, EmbeddingSplit, check_key, embedding_key
+from pipeline.data.samplers import ClassBalancedSampler, LengthGroupedBatches
+from pipeline.model import MultimodalModel, load_checkpoint
+from pipeline.train import distributed as dist
 
 
 def open_split(cfg: Config, split: str, required: bool) -> CacheSplit | None:
@@ -80,3 +83,30 @@ def grouped(sampler: Sampler, dataset: Dataset, cfg: Config, shuffle: bool) -> S
     if lengths is None:
         return sampler
     return LengthGroupedBatches(sampler, lengths, cfg.train.batch_size, shuffle, cfg.train.seed)
+
+
+def open_embedded(emb_dir: Path, caches: Mapping[str, CacheSplit | None], model: nn.Module,
+                  sections: Mapping[str, Any], modalities: Sequence[str]) -> dict[str, EmbeddedDataset]:
+    """The embedded datasets of ``caches`` (role -> cache split) from ``emb_dir``, checked to
+    hold vectors that ``model``'s encoders (config ``sections``) make from these caches.
+
+    Vectors made from a checkpoint's encoders (the two-stage recipe) load those encoders'
+    weights into ``model`` first, from the checkpoint that meta.json names, so that the
+    trained model holds the encoders that made its inputs and ``pipeline.infer`` runs it on
+    raw clips. Every encoder is then frozen: training reads the vectors, not the encoders.
+    """
+    splits = {role: EmbeddingSplit(emb_dir / cache.split_dir.name) for role, cache in caches.items()
+              if cache is not None}
+    encoders = {m: model.encoders[m] for m in modalities}
+    source = splits["train"].meta.get("source", {})
+    if source.get("checkpoint"):
+        path = Path(source["checkpoint"])
+        state = load_checkpoint(path)["model"]
+        for m, encoder in encoders.items():
+            prefix = f"encoders.{m}."
+            encoder.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+    for role, split in splits.items():
+        check_key(split.split_dir, split.meta, embedding_key(encoders, sections, caches[role]))
+    for encoder in encoders.values():
+        encoder.requires_grad_(False)
+    return {role: EmbeddedDataset(caches[role], split, modalities) for role, split in splits.items()}

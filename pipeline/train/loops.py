@@ -16,12 +16,12 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from pipeline import distributed as dist
-from pipeline.averaging import WeightAverage
 from pipeline.config import ConfigError, TrainConfig
 from pipeline.execution import autocast, to_device
-from pipeline.losses import MultitaskLoss
 from pipeline.metrics import compute_metrics
+from pipeline.train import distributed as dist
+from pipeline.train.losses import MultitaskLoss
+from pipeline.train.optim import WeightAverage
 
 
 class TokenMasker:

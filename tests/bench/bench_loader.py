@@ -28,7 +28,7 @@ def emotion_predictions(checkpoint: Path, split_dir: Path) -> tuple[list[int], l
     import torch
     from torch.utils.data import DataLoader
 
-    from pipeline.data import MeldDataset, collate
+    from pipeline.data.dataset import MeldDataset, collate
     from pipeline.model import MultimodalModel
 
     model = MultimodalModel.from_checkpoint(checkpoint)

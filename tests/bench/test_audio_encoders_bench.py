@@ -5,9 +5,9 @@ import json
 
 import numpy as np
 import yaml
-
 from bench_loader import load_bench
-from pipeline.cache import CacheSplit
+
+from pipeline.data.cache import CacheSplit
 
 
 def test_audio_encoder_bench_trains_both_encoders_on_one_waveform_cache(tmp_path, capsys):

@@ -4,10 +4,9 @@ from __future__ import annotations
 import json
 
 import pytest
-
+from bench_loader import emotion_predictions, load_bench
 from sklearn.metrics import accuracy_score, f1_score
 
-from bench_loader import emotion_predictions, load_bench
 from tests.conftest import TINY_MODEL, TINY_PREPROCESS
 
 

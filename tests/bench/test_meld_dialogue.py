@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from bench_loader import REPO, load_bench
 from test_meld_text import write_csvs
 

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from bench_loader import emotion_predictions, load_bench
 from sklearn.metrics import accuracy_score, f1_score
 
-from bench_loader import emotion_predictions, load_bench
-from pipeline.cache import CacheSplit
+from pipeline.data.cache import CacheSplit
 from pipeline.labels import EMOTIONS
-from pipeline.sample import write_meld_csv
+from pipeline.sample.text import write_meld_csv
 
 LINES = ("I am so happy.", "The train leaves at noon.", "I am very glad.", "Noon.", "I am so glad.",
          "The train.", "Very happy.")

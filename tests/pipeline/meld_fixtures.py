@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 from typing import Any, Sequence
 
-from pipeline.meld import CLIP_DIRS, CSV_NAMES
+from pipeline.data.meld import CLIP_DIRS, CSV_NAMES
 
 HEADER = ["Sr No.", "Utterance", "Speaker", "Emotion", "Sentiment", "Dialogue_ID", "Utterance_ID",
           "Season", "Episode", "StartTime", "EndTime"]

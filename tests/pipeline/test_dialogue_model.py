@@ -14,11 +14,11 @@ import torch
 from torch.utils.data import DataLoader
 
 from pipeline import infer, train
-from pipeline.cache import CacheSplit
-from pipeline.data import MeldDataset, collate
-from pipeline.dialogues import DialogueBatches
+from pipeline.data.cache import CacheSplit
+from pipeline.data.dataset import MeldDataset, collate
+from pipeline.data.dialogues import DialogueBatches
+from pipeline.data.meld import CLIP_DIRS, CSV_NAMES, read_csv
 from pipeline.labels import EMOTIONS
-from pipeline.meld import CLIP_DIRS, CSV_NAMES, read_csv
 from pipeline.model import MultimodalModel
 
 ATOL = 1e-5

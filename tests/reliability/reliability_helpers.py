@@ -13,7 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
-from pipeline.cache import CacheSplit
+from pipeline.data.cache import CacheSplit
 
 REPO = Path(__file__).resolve().parents[2]
 # A path part that a shell would split, unquote and execute (``$(touch pwned)``), with

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from reliability_helpers import read_manifest
 
 from pipeline import preprocess
 from pipeline.config import AudioFeatures
-from pipeline.meld import CLIP_DIRS
-from pipeline.media import load_clip
-from reliability_helpers import read_manifest
+from pipeline.data.meld import CLIP_DIRS
+from pipeline.media.decode import load_clip
 
 RATE = 16000
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from reliability_helpers import run_cli
 
 from pipeline import infer, preprocess, train
-from reliability_helpers import run_cli
 
 # train.main in process: torchelastic's @record cannot reach the fault handler through pytest's capture
 pytestmark = pytest.mark.filterwarnings("ignore:Unable to enable fault handler")

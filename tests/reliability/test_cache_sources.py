@@ -9,12 +9,13 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+from reliability_helpers import read_manifest
 
 from pipeline import preprocess
-from pipeline.cache import CacheSplit
-from pipeline.meld import CLIP_DIRS, CSV_NAMES
-from pipeline.sample import make_clip, write_meld_csv
-from reliability_helpers import read_manifest
+from pipeline.data.cache import CacheSplit
+from pipeline.data.meld import CLIP_DIRS, CSV_NAMES
+from pipeline.sample.clip import make_clip
+from pipeline.sample.text import write_meld_csv
 
 RELABELLED, RETEXTED, ADDED, REPLACED = "dia0_utt0", "dia0_utt1", "dia1_utt0", "dia1_utt1"
 

@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 import torch
+from reliability_helpers import run_cli
 
 from pipeline import infer, train
-from pipeline.meld import CLIP_DIRS
-from reliability_helpers import run_cli
+from pipeline.data.meld import CLIP_DIRS
 
 # train.main in process: torchelastic's @record cannot reach the fault handler through pytest's capture
 pytestmark = pytest.mark.filterwarnings("ignore:Unable to enable fault handler")
@@ -106,7 +106,7 @@ def bad_checkpoints(trained_run, tmp_path_factory) -> Iterator[dict[str, Path]]:
     shutil.rmtree(folder)  # about 900 MB of checkpoints
 
 
-# A checkpoint of another version given to inference: tests/pipeline/test_infer.py.
+# A checkpoint of another version given to inference: tests/pipeline/infer/test_infer.py.
 @pytest.mark.parametrize("kind", [kind for kind in BAD if kind != "other_version"])
 def test_inference_refuses_a_bad_checkpoint(bad_checkpoints, tiny_meld_cache, tmp_path, caplog, kind):
     clips = Path(tiny_meld_cache["meld_root"]) / CLIP_DIRS["test"]

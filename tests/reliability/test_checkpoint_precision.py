@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from pipeline import infer
+from pipeline.data.meld import CLIP_DIRS, CSV_NAMES
 from pipeline.execution import inference_dtype
-from pipeline.meld import CLIP_DIRS, CSV_NAMES
 from pipeline.model import load_checkpoint
 
 

@@ -6,10 +6,11 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from pipeline import preprocess
-from pipeline.meld import CSV_NAMES
-from pipeline.transcripts import read_transcripts
 from reliability_helpers import read_manifest
+
+from pipeline import preprocess
+from pipeline.data.meld import CSV_NAMES
+from pipeline.infer.transcripts import read_transcripts
 
 TEXTS = ["“Really?” said Zoë", "I’m fine… thanks", "Café – naïve", "Okay."]
 CP1252_ROW = 2  # the ’ of this row (0-based; line 4 of the file) is the single cp1252 byte 0x92

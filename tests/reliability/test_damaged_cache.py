@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from reliability_helpers import TRAIN, assert_same_cache, run_cli
 
 from pipeline import preprocess
-from reliability_helpers import TRAIN, assert_same_cache, run_cli
 
 SPLIT = "train"
 

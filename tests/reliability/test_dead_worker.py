@@ -13,9 +13,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
-from pipeline.meld import CLIP_DIRS
 from reliability_helpers import read_manifest, run_cli
+
+from pipeline.data.meld import CLIP_DIRS
 
 VICTIM = "dia1_utt0"  # a dev clip of the tiny MELD folder
 REASON = "worker process killed by SIGKILL, e.g. by the out-of-memory killer while working on it"
@@ -23,7 +23,7 @@ BOUND = 120  # seconds: the run takes a few; a hang would take forever
 
 SCRIPT = """
 import os, signal, sys
-import pipeline.{patched} as patched
+import {patched} as patched
 from pipeline import {tool}
 
 PARENT = os.getpid()
@@ -53,7 +53,7 @@ def test_preprocessing_goes_on_past_a_killed_worker_and_a_rerun_retries_its_clip
     out = tmp_path / "cache"
     arguments = [tiny_meld_cache["meld_root"], out, "--splits", "dev", "--workers", "2",
                  *tiny_meld_cache["preprocess_overrides"]]
-    result = run_with_a_killed_worker("preprocess", "preprocess", arguments)
+    result = run_with_a_killed_worker("pipeline.preprocess.run", "preprocess", arguments)
     assert result.returncode == 0, result.stderr[-3000:]
     reference = read_manifest(Path(tiny_meld_cache["cache_dir"]) / "dev")
     rows = read_manifest(out / "dev")
@@ -74,7 +74,7 @@ def test_inference_gives_the_clip_of_a_killed_worker_an_error_row(trained_run, t
     out = tmp_path / "p.jsonl"
     arguments = ["--checkpoint", trained_run["out"] / "best.pt", "--clips", clips, "--out", out,
                  "--workers", "2", "--device", "cpu", "--batch-size", "4"]
-    result = run_with_a_killed_worker("decoding", "infer", arguments)
+    result = run_with_a_killed_worker("pipeline.infer.decoding", "infer", arguments)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     assert [row["clip"] for row in rows] == [str(clip) for clip in sorted(clips.glob("*.mp4"))]

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from pipeline.config import AudioFeatures, VideoFeatures
-from pipeline.media import load_clip, probe
+from pipeline.media.decode import load_clip, probe
 
 SECONDS = 6.0
 RAMP = "nullsrc=s=64x36:r=24,geq=lum='min(255,T*40)':cb=128:cr=128"

@@ -11,12 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from reliability_helpers import ODD_NAME, SHELL_MARKER, read_manifest, run_cli
 
 from pipeline import infer, preprocess
-from pipeline.cache import CacheSplit
-from pipeline.meld import CLIP_DIRS, CSV_NAMES
-from pipeline.sample import make_clip, write_meld_csv
-from reliability_helpers import ODD_NAME, SHELL_MARKER, read_manifest, run_cli
+from pipeline.data.cache import CacheSplit
+from pipeline.data.meld import CLIP_DIRS, CSV_NAMES
+from pipeline.sample.clip import make_clip
+from pipeline.sample.text import write_meld_csv
 
 # fault -> id of its dev row. Every clip is 160x90, 1 s, stereo 48 kHz, 24 fps unless the fault says otherwise.
 FAULTS = {

@@ -11,7 +11,7 @@ import subprocess
 from pathlib import Path
 
 from pipeline import infer
-from pipeline.meld import CLIP_DIRS, CSV_NAMES
+from pipeline.data.meld import CLIP_DIRS, CSV_NAMES
 
 
 def ffmpeg(*args: str | Path) -> None:

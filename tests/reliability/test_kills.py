@@ -14,10 +14,18 @@ from typing import Callable
 
 import pytest
 import torch
+from reliability_helpers import (
+    REPO,
+    assert_same_arrays,
+    assert_same_cache,
+    cli_env,
+    read_manifest,
+    run_cli,
+    signal_inside_epoch_2,
+    without_timings,
+)
 
-from pipeline.cache import CacheSplit
-from reliability_helpers import (REPO, assert_same_arrays, assert_same_cache, cli_env, read_manifest, run_cli,
-                                 signal_inside_epoch_2, without_timings)
+from pipeline.data.cache import CacheSplit
 
 KILLS = 3
 

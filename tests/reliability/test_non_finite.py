@@ -14,12 +14,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from reliability_helpers import read_manifest, run_cli
 
 from pipeline import infer, preprocess, train
 from pipeline.config import ConfigError, load_config
-from pipeline.meld import CLIP_DIRS, CSV_NAMES
-from pipeline.sample import make_clip, write_meld_csv
-from reliability_helpers import read_manifest, run_cli
+from pipeline.data.meld import CLIP_DIRS, CSV_NAMES
+from pipeline.sample.clip import make_clip
+from pipeline.sample.text import write_meld_csv
+from pipeline.train import run_outputs
 
 pytestmark = pytest.mark.filterwarnings("ignore:Unable to enable fault handler")
 
@@ -97,7 +99,7 @@ def test_inference_refuses_a_checkpoint_with_non_finite_weights(trained_run, tin
 
 
 def test_metrics_json_stays_valid_json(tmp_path):
-    train.write_json(tmp_path / "metrics.json", {"best_val": -math.inf, "epochs": [{"val": {"loss": math.nan}}]})
+    run_outputs.write_json(tmp_path / "metrics.json", {"best_val": -math.inf, "epochs": [{"val": {"loss": math.nan}}]})
     assert strict_json((tmp_path / "metrics.json").read_text(encoding="utf-8")) == {
         "best_val": None, "epochs": [{"val": {"loss": None}}]}
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import subprocess
 
-from pipeline import preprocess
-from pipeline.meld import CLIP_DIRS, CSV_NAMES
-from pipeline.sample import make_clip, write_meld_csv
 from reliability_helpers import read_manifest
+
+from pipeline import preprocess
+from pipeline.data.meld import CLIP_DIRS, CSV_NAMES
+from pipeline.sample.clip import make_clip
+from pipeline.sample.text import write_meld_csv
 
 REFUSED = "not a media file of an allowed format (ffmpeg detects {}); playlists, file lists and image sequences"
 

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import infer, predictions
-from pipeline.meld import CLIP_DIRS, CSV_NAMES
+from pipeline import infer
+from pipeline.data.meld import CLIP_DIRS, CSV_NAMES
+from pipeline.infer import predictions
 
 
 @pytest.fixture()

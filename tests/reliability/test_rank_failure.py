@@ -10,9 +10,9 @@ import zipfile
 from pathlib import Path
 
 import pytest
-
-from pipeline.cache import CacheSplit
 from reliability_helpers import TRAIN, run_cli
+
+from pipeline.data.cache import CacheSplit
 
 JOB_TIMEOUT = 240  # seconds; train.dist_timeout_minutes stays at 10, so only a prompt teardown passes
 

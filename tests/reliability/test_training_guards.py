@@ -20,10 +20,11 @@ import sys
 
 import pytest
 import torch
-
-from pipeline import distributed, train
-from pipeline.run_lock import RunLock
 from reliability_helpers import run_cli, signal_inside_epoch_2, without_timings
+
+from pipeline import train
+from pipeline.train import distributed
+from pipeline.train.guards import RunLock
 
 
 @pytest.mark.slow

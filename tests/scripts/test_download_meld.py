@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import meld
+from pipeline.data import meld
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "download_meld.sh"

@@ -5,16 +5,16 @@ import pytest
 import yaml
 
 from pipeline.config import (
+    DEFAULT_TEXT_MODEL,
     Config,
     ConfigError,
-    DEFAULT_TEXT_MODEL,
     config_from_dict,
     dump_yaml,
     load_config,
     to_dict,
 )
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def write_yaml(path: Path, data: dict) -> Path:
@@ -65,7 +65,7 @@ def test_list_and_bool_overrides():
 
 
 def test_face_crop_reads_the_old_booleans_and_old_caches_keep_their_key():
-    from pipeline.cache import params_key
+    from pipeline.data.cache import params_key
 
     assert load_config(None, ["preprocess.video.face_crop=true"]).preprocess.video.face_crop == "opencv"
     assert load_config(None, ["preprocess.video.face_crop=false"]).preprocess.video.face_crop == "none"

@@ -7,9 +7,9 @@ import time
 import numpy as np
 import pytest
 
-from pipeline import cache
-from pipeline.cache import CacheMismatchError, CacheSplit
 from pipeline.config import PreprocessConfig, VideoFeatures, to_dict
+from pipeline.data import cache, cache_writer
+from pipeline.data.cache import CacheMismatchError, CacheSplit
 
 PARAMS = to_dict(PreprocessConfig())
 
@@ -27,19 +27,19 @@ def arrays(seed: int) -> dict[str, np.ndarray]:
 
 
 def test_write_merge_and_read_back(tmp_path):
-    split_dir = cache.prepare_split(tmp_path / "dev", "dev", PARAMS, ["dia0_utt0", "dia0_utt1", "dia0_utt2"])
+    split_dir = cache_writer.prepare_split(tmp_path / "dev", "dev", PARAMS, ["dia0_utt0", "dia0_utt1", "dia0_utt2"])
     meta = json.loads((split_dir / "meta.json").read_text())
     assert meta["preprocess"] == PARAMS and meta["key"] == cache.params_key(PARAMS) and meta["split"] == "dev"
-    cache.write_entry(split_dir, entry("dia0_utt2"), arrays(2))
-    cache.write_entry(split_dir, entry("dia0_utt0"), arrays(0))
-    assert cache.merge_split(split_dir) == ["dia0_utt1"]  # not everything is done: no manifest
+    cache_writer.write_entry(split_dir, entry("dia0_utt2"), arrays(2))
+    cache_writer.write_entry(split_dir, entry("dia0_utt0"), arrays(0))
+    assert cache_writer.merge_split(split_dir) == ["dia0_utt1"]  # not everything is done: no manifest
     assert not (split_dir / "manifest.jsonl").exists()
 
     partial = CacheSplit(split_dir)  # the reader works from the status records meanwhile
     assert not partial.complete and [r["id"] for r in partial.records] == ["dia0_utt0", "dia0_utt2"]
 
-    cache.write_entry(split_dir, entry("dia0_utt1", "skipped"))
-    assert cache.merge_split(split_dir) == []
+    cache_writer.write_entry(split_dir, entry("dia0_utt1", "skipped"))
+    assert cache_writer.merge_split(split_dir) == []
     lines = (split_dir / "manifest.jsonl").read_text().splitlines()
     assert [json.loads(line)["id"] for line in lines] == ["dia0_utt0", "dia0_utt1", "dia0_utt2"]  # ids.json order
 
@@ -55,10 +55,10 @@ def test_write_merge_and_read_back(tmp_path):
 
 
 def test_other_parameters_are_refused_with_the_differences(tmp_path):
-    cache.prepare_split(tmp_path / "dev", "dev", PARAMS, ["a"])
+    cache_writer.prepare_split(tmp_path / "dev", "dev", PARAMS, ["a"])
     other = to_dict(PreprocessConfig(video=VideoFeatures(num_frames=4), modalities=["text"]))
     with pytest.raises(CacheMismatchError) as info:
-        cache.prepare_split(tmp_path / "dev", "dev", other, ["a"])
+        cache_writer.prepare_split(tmp_path / "dev", "dev", other, ["a"])
     message = str(info.value)
     assert "video.num_frames: cache has 8, wanted 4" in message
     assert "modalities: cache has ['audio', 'text', 'video'], wanted ['text']" in message
@@ -84,27 +84,27 @@ def test_a_failed_write_leaves_nothing_behind(tmp_path):
         raise RuntimeError("killed")
 
     with pytest.raises(RuntimeError):
-        cache.write_atomic(target, explode)
+        cache_writer.write_atomic(target, explode)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_changed_ids_drop_the_manifest(tmp_path):
-    split_dir = cache.prepare_split(tmp_path / "dev", "dev", PARAMS, ["dia0_utt0"])
-    cache.write_entry(split_dir, entry("dia0_utt0"), arrays(0))
-    assert cache.merge_split(split_dir) == []
-    cache.prepare_split(split_dir, "dev", PARAMS, ["dia0_utt0", "dia0_utt1"])
+    split_dir = cache_writer.prepare_split(tmp_path / "dev", "dev", PARAMS, ["dia0_utt0"])
+    cache_writer.write_entry(split_dir, entry("dia0_utt0"), arrays(0))
+    assert cache_writer.merge_split(split_dir) == []
+    cache_writer.prepare_split(split_dir, "dev", PARAMS, ["dia0_utt0", "dia0_utt1"])
     assert not (split_dir / "manifest.jsonl").exists()
     assert [r["id"] for r in CacheSplit(split_dir).rows] == ["dia0_utt0"]
 
 
 def test_merge_removes_only_stale_temporary_files(tmp_path):
-    split_dir = cache.prepare_split(tmp_path / "dev", "dev", PARAMS, ["dia0_utt0"])
-    cache.write_entry(split_dir, entry("dia0_utt0"), arrays(0))
+    split_dir = cache_writer.prepare_split(tmp_path / "dev", "dev", PARAMS, ["dia0_utt0"])
+    cache_writer.write_entry(split_dir, entry("dia0_utt0"), arrays(0))
     stale, fresh = split_dir / "items" / ".dia0_utt9.npz.123.tmp", split_dir / "items" / ".dia0_utt8.npz.456.tmp"
     stale.write_bytes(b"x")
     fresh.write_bytes(b"x")
-    old = time.time() - 2 * cache.STALE_TMP_SECONDS
+    old = time.time() - 2 * cache_writer.STALE_TMP_SECONDS
     os.utime(stale, (old, old))
-    assert cache.merge_split(split_dir) == []
+    assert cache_writer.merge_split(split_dir) == []
     assert not stale.exists() and fresh.exists()
     assert cache.done_ids(split_dir) == {"dia0_utt0"}

@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from pipeline import cache
 from pipeline.config import PreprocessConfig, VideoFeatures, to_dict
-from pipeline.data import MIN_AUDIO_FRAMES, MeldDataset, collate, make_item
+from pipeline.data import cache, cache_writer
+from pipeline.data.dataset import MIN_AUDIO_FRAMES, MeldDataset, collate, make_item
 
 PARAMS = to_dict(PreprocessConfig(video=VideoFeatures(num_frames=2, size=16)))
 
@@ -36,12 +36,12 @@ def split_dir(tmp_path):
                sample("dia0_utt2", ["audio", "text"], 3, 120, "neutral", "neutral"),  # without video
                sample("dia0_utt3", ["audio", "text", "video"], 4, 10, None, None)]  # labels unknown
     ids = [row["id"] for row, _ in samples] + ["dia0_utt4"]
-    split_dir = cache.prepare_split(tmp_path / "dev", "dev", PARAMS, ids)
+    split_dir = cache_writer.prepare_split(tmp_path / "dev", "dev", PARAMS, ids)
     for row, arrays in samples:
-        cache.write_entry(split_dir, row, arrays)
-    cache.write_entry(split_dir, {**samples[0][0], "id": "dia0_utt4", "status": "skipped", "reason": "empty file",
+        cache_writer.write_entry(split_dir, row, arrays)
+    cache_writer.write_entry(split_dir, {**samples[0][0], "id": "dia0_utt4", "status": "skipped", "reason": "empty file",
                                   "modalities": []})
-    cache.merge_split(split_dir)
+    cache_writer.merge_split(split_dir)
     return split_dir
 
 
@@ -116,10 +116,10 @@ def test_a_waveform_cache_adds_the_waveform_beside_the_log_mel(tmp_path):
     rows[0][1]["waveform"] = np.array([32767, -32767, 16384, 0, 1], np.int16)
     rows[2][1]["waveform"] = np.array([-16384, 8], np.int16)
     rows[1][0]["status"], rows[1][0]["reason"] = "skipped", "empty file"
-    split_dir = cache.prepare_split(tmp_path / "dev", "dev", params, [row["id"] for row, _ in rows])
+    split_dir = cache_writer.prepare_split(tmp_path / "dev", "dev", params, [row["id"] for row, _ in rows])
     for row, arrays in rows:
-        cache.write_entry(split_dir, row, arrays or None)
-    cache.merge_split(split_dir)
+        cache_writer.write_entry(split_dir, row, arrays or None)
+    cache_writer.merge_split(split_dir)
     dataset = MeldDataset(split_dir)
     audio = collate([dataset[0], dataset[1]])["audio"]
     assert audio["lengths"].tolist() == [3, 2]  # log-mel frames, as VGGish reads them

@@ -1,9 +1,9 @@
-"""Dialogue positions and batches of whole dialogues (pipeline.dialogues)."""
+"""Dialogue positions and batches of whole dialogues (pipeline.data.dialogues)."""
 from __future__ import annotations
 
 import pytest
 
-from pipeline.dialogues import DialogueBatches, dialogue_of, pack, positions
+from pipeline.data.dialogues import DialogueBatches, dialogue_of, pack, positions
 
 
 def entry(key: str, turn: int, speaker: str | None) -> dict:

@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import pytest
 
-from meld_fixtures import HEADER, csv_text, row, write_csv
-from pipeline import meld
-from pipeline.meld import MeldFormatError, dialogue_context, read_csv
+from pipeline.data import meld
+from pipeline.data.meld import MeldFormatError, dialogue_context, read_csv
+from tests.pipeline.meld_fixtures import HEADER, csv_text, row, write_csv
 
 
 def test_reads_the_quirks_of_real_meld_csvs(tmp_path):

@@ -5,7 +5,7 @@ import numpy as np
 import torch
 from torch.utils.data import DistributedSampler
 
-from pipeline.samplers import GROUP_BATCHES, ClassBalancedSampler, LengthGroupedBatches
+from pipeline.data.samplers import GROUP_BATCHES, ClassBalancedSampler, LengthGroupedBatches
 
 
 def test_class_balanced_sampler_balances_and_splits_disjointly():

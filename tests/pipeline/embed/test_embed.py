@@ -15,14 +15,15 @@ from torch.utils.data import DataLoader
 
 from pipeline import embed, infer, train
 from pipeline.config import load_config
-from pipeline.data import MeldDataset, collate
-from pipeline.dialogues import DialogueBatches
-from pipeline.embeddings import EmbeddingSplit
-from pipeline.meld import CLIP_DIRS, CSV_NAMES
+from pipeline.data.dataset import MeldDataset, collate
+from pipeline.data.dialogues import DialogueBatches
+from pipeline.data.embeddings import EmbeddingSplit
+from pipeline.data.meld import CLIP_DIRS, CSV_NAMES
+from pipeline.embed import encode
 from pipeline.model import MultimodalModel, build_model
 from tests.conftest import save_tiny_text_model
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 CONFIG = str(REPO / "configs" / "default.yaml")
 
 
@@ -96,7 +97,7 @@ def test_an_interrupted_pass_resumes_and_gives_the_same_vectors(tiny_meld_cache,
     assert embed.main(["--config", CONFIG, *common, "--out", str(tmp_path / "whole"), *overrides]) == 0
 
     written = []
-    real_write = embed.write_json
+    real_write = encode.write_json
 
     def killed_after_two_batches(path, data):
         real_write(path, data)
@@ -105,10 +106,10 @@ def test_an_interrupted_pass_resumes_and_gives_the_same_vectors(tiny_meld_cache,
             if len(written) == 2:
                 raise KeyboardInterrupt  # as a kill between two batches leaves the folder
 
-    monkeypatch.setattr(embed, "write_json", killed_after_two_batches)
+    monkeypatch.setattr(encode, "write_json", killed_after_two_batches)
     with pytest.raises(KeyboardInterrupt):
         embed.main(["--config", CONFIG, *common, "--out", str(tmp_path / "cut"), *overrides])
-    monkeypatch.setattr(embed, "write_json", real_write)
+    monkeypatch.setattr(encode, "write_json", real_write)
     progress = json.loads((tmp_path / "cut" / "train" / "progress.json").read_text())
     assert progress["done"] == 8 and not (tmp_path / "cut" / "train" / "meta.json").exists()
     with pytest.raises(FileNotFoundError, match="interrupted"):
@@ -221,7 +222,7 @@ def test_a_run_on_vectors_resumes_after_a_kill_and_keeps_the_encoders_out_of_las
     """last.pt of a run on vectors leaves out the frozen encoder (rebuilt and checked on every
     start); best.pt keeps it. A SIGKILL in epoch 2 of 3, then resume: the uninterrupted run's
     metrics and weights."""
-    from test_train import HARNESS, run, without_timings  # the module pytest imported, not a second copy
+    from tests.pipeline.run_helpers import HARNESS, run, without_timings
 
     common = ["--config", CONFIG, *text_overrides(tiny_meld_cache, quiet_text_model, "train.epochs=3",
                                                   "train.batch_size=4", "data.num_workers=0",

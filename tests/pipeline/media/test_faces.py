@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from encoders.models_home import ModelNotInstalledError, installed_model
-from pipeline import faces, media
+from pipeline.media import decode as media
+from pipeline.media import faces
 
 torch.set_num_threads(1)
 

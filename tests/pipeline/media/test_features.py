@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from meld_fixtures import make_clip, save_tokenizer
 from pipeline.config import AudioFeatures, PreprocessConfig, TextFeatures, VideoFeatures
-from pipeline.features import Utterance, build_text, extract_features, log_mel, normalize_text, tokenize
-from pipeline.media import ClipError
+from pipeline.media.decode import ClipError
+from pipeline.media.features import Utterance, build_text, extract_features, log_mel, normalize_text, tokenize
+from tests.pipeline.meld_fixtures import make_clip, save_tokenizer
 
 torch.set_num_threads(1)
 
@@ -113,8 +113,8 @@ def test_extract_features_from_a_clip(tmp_path, tokenizer):
 
 
 def test_the_waveform_is_stored_as_16_bit_pcm_capped_at_max_seconds(tmp_path, tokenizer):
-    from pipeline.features import WAVEFORM_SCALE, pcm16
-    from pipeline.media import load_clip
+    from pipeline.media.decode import load_clip
+    from pipeline.media.features import WAVEFORM_SCALE, pcm16
 
     clip = make_clip(tmp_path / "c.mp4", 2.0)
     audio = AudioFeatures(max_seconds=1.5, waveform=True)
@@ -133,7 +133,7 @@ def test_the_waveform_is_stored_as_16_bit_pcm_capped_at_max_seconds(tmp_path, to
 
 
 def test_face_crop_notes_how_many_frames_showed_a_face(tmp_path, tokenizer, monkeypatch):
-    from pipeline import media
+    from pipeline.media import decode as media
 
     clip = make_clip(tmp_path / "c.mp4", 1.0)
     frames_seen = iter(range(100))

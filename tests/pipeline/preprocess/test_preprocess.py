@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 import torch
 
-from meld_fixtures import FAULTS, make_meld_tree, save_tokenizer
 from pipeline import preprocess
-from pipeline.cache import CacheSplit
-from pipeline.features import normalize_text
-from pipeline.meld import CSV_NAMES
+from pipeline.data.cache import CacheSplit
+from pipeline.data.meld import CSV_NAMES
+from pipeline.media.features import normalize_text
+from tests.pipeline.meld_fixtures import FAULTS, make_meld_tree, save_tokenizer
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 SPLITS = ("train", "dev")
 
 
@@ -256,7 +256,7 @@ def test_shell_wrapper_prints_usage():
 
 
 def test_manifest_rows_record_the_frames_with_a_face(tree, tmp_path, monkeypatch):
-    from pipeline import media
+    from pipeline.media import decode as media
 
     frames_seen = iter(range(10_000))
     monkeypatch.setattr(media, "largest_face", lambda frame: (2, 2, 6, 6) if next(frames_seen) % 4 == 0 else None)

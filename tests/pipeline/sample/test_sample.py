@@ -13,11 +13,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import sample
 from pipeline.labels import EMOTIONS
-from pipeline.sample import (
-    AMBIGUOUS, CLIP_DIRS, CSV_NAMES, EMOTION_STYLES, FILLERS, MELD_COLUMNS, SPLITS, TEMPLATES,
-    Difficulty, format_time, generate, main, make_clip, plan_split, utterance_text, write_meld_csv,
+from pipeline.sample import clip as sample_clip
+from pipeline.sample.cli import main
+from pipeline.sample.clip import make_clip
+from pipeline.sample.folder import generate
+from pipeline.sample.plan import CLIP_DIRS, CSV_NAMES, SPLITS, Difficulty, plan_split, split_sizes
+from pipeline.sample.render import EMOTION_STYLES
+from pipeline.sample.text import (
+    AMBIGUOUS,
+    FILLERS,
+    MELD_COLUMNS,
+    TEMPLATES,
+    format_time,
+    utterance_text,
+    write_meld_csv,
 )
 
 SMALL = {"width": 64, "height": 36, "duration_range": (1.0, 1.0), "workers": 2}
@@ -172,7 +182,7 @@ def test_cli_sets_the_dev_and_test_size_apart_from_train(tmp_path):
     for split in ("dev", "test"):
         assert summary["splits"][split]["emotions"] == {emotion: 1 for emotion in EMOTIONS}
         assert len(read_rows(tmp_path / CSV_NAMES[split])) == 7
-    assert sample.split_sizes(5) == {"train": 5, "dev": 2, "test": 2}
+    assert split_sizes(5) == {"train": 5, "dev": 2, "test": 2}
     with pytest.raises(SystemExit):
         main([str(tmp_path / "x"), "--eval-clips-per-class", "0"])
 
@@ -224,7 +234,7 @@ def test_make_clip_rejects_impossible_values(tmp_path, kwargs):
 
 
 def test_make_clip_reports_ffmpeg_failure_and_leaves_no_file(tmp_path, monkeypatch):
-    monkeypatch.setattr(sample, "AUDIO_BITRATE", "loud")  # an option ffmpeg rejects
+    monkeypatch.setattr(sample_clip, "AUDIO_BITRATE", "loud")  # an option ffmpeg rejects
     with pytest.raises(RuntimeError, match="ffmpeg failed"):
         make_clip(tmp_path / "x.mp4", "fear", seed=0, duration=0.5, width=64, height=36)
     assert list(tmp_path.iterdir()) == []

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.averaging import WeightAverage
+from pipeline.train.optim import WeightAverage
 
 
 def small_model() -> nn.Module:

@@ -7,7 +7,7 @@ import logging
 
 import torch
 
-from pipeline.checkpoint import rng_state, set_rng_state
+from pipeline.train.checkpoint import rng_state, set_rng_state
 
 
 def cuda_untouchable(monkeypatch) -> None:

@@ -15,10 +15,11 @@ import pytest
 import torch
 from torch.utils.data import DistributedSampler
 
-from pipeline import distributed as dist
-from pipeline.data import MeldDataset
+from pipeline.data.dataset import MeldDataset
+from pipeline.execution import pick_device
+from pipeline.train import distributed as dist
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def env(**extra: str) -> dict[str, str]:
@@ -38,11 +39,11 @@ def test_single_process_defaults(tmp_path):
     assert dist.reduce_mean(2.5, torch.device("cpu")) == 2.5
     dist.barrier()
     dist.cleanup()
-    assert dist.pick_device("cpu") == torch.device("cpu")
+    assert pick_device("cpu") == torch.device("cpu")
     if not torch.cuda.is_available():
-        assert dist.pick_device("auto") == torch.device("cpu")
+        assert pick_device("auto") == torch.device("cpu")
         with pytest.raises(RuntimeError, match="no CUDA device"):
-            dist.pick_device("cuda")
+            pick_device("cuda")
     assert dist.init_distributed("cpu") == torch.device("cpu")  # no RANK/WORLD_SIZE: no group
     assert not dist.is_distributed()
     dist.save_on_main({"x": torch.arange(3)}, tmp_path / "a.pt")
@@ -68,7 +69,7 @@ def test_save_on_main_keeps_the_old_file_when_writing_dies_midway(tmp_path, monk
 
 WORKER = textwrap.dedent("""
     import json, sys, torch
-    from pipeline import distributed as dist
+    from pipeline.train import distributed as dist
     device = dist.init_distributed("cpu", timeout_minutes=1)
     seed = dist.seed_everything(7)
     gathered = dist.all_gather_objects({"rank": dist.get_rank(), "draw": torch.rand(1).item()})
@@ -107,7 +108,7 @@ def test_two_gloo_ranks_gather_reduce_and_seed_apart(tmp_path):
 
 FAILING = textwrap.dedent("""
     import sys
-    from pipeline import distributed as dist
+    from pipeline.train import distributed as dist
     dist.init_distributed("cpu", timeout_minutes=float(sys.argv[1]))
     if dist.get_rank() == 1:
         raise RuntimeError("rank 1 broke on purpose")

@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.averaging import WeightAverage
 from pipeline.config import TrainConfig
-from pipeline.loops import train_one_epoch
+from pipeline.train.loops import train_one_epoch
+from pipeline.train.optim import WeightAverage
 
 CPU = torch.device("cpu")
 

@@ -1,11 +1,11 @@
-"""AdamW parameter groups (pipeline.optim.param_groups): layer-wise learning rates."""
+"""AdamW parameter groups (pipeline.train.optim.param_groups): layer-wise learning rates."""
 from __future__ import annotations
 
 import pytest
 
 from pipeline.config import load_config
 from pipeline.model import build_model
-from pipeline.optim import param_groups
+from pipeline.train.optim import param_groups
 
 
 def rates(tiny_text_model: str, *overrides: str) -> tuple[dict[str, float], list[dict]]:

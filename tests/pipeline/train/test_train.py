@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -17,21 +15,22 @@ import torch
 from torch.utils.data import DataLoader
 
 from pipeline import preprocess
-from pipeline.cache import CacheSplit, params_key
 from pipeline.config import ConfigError, config_from_dict, load_config, to_dict
-from pipeline.faces import MTCNN, detector
-from pipeline.data import MeldDataset, collate
-from pipeline.model import MultimodalModel, build_model, load_checkpoint
-from pipeline.losses import build_loss
-from pipeline.checkpoint import rng_state, set_rng_state
+from pipeline.data.cache import CacheSplit, params_key
+from pipeline.data.dataset import MeldDataset, collate
 from pipeline.execution import amp_dtype
-from pipeline.loops import TokenMasker, evaluate
-from pipeline.optim import param_groups, warmup_cosine
-from pipeline.train import main, prepare, split_labels
+from pipeline.media.faces import MTCNN, detector
+from pipeline.model import MultimodalModel, build_model, load_checkpoint
+from pipeline.train.checkpoint import rng_state, set_rng_state
+from pipeline.train.cli import main
+from pipeline.train.loops import TokenMasker, evaluate
+from pipeline.train.losses import build_loss
+from pipeline.train.optim import param_groups, warmup_cosine
+from pipeline.train.session import prepare, split_labels
 from tests.conftest import TINY_MODEL
+from tests.pipeline.run_helpers import HARNESS, run, without_timings
 
-REPO = Path(__file__).resolve().parents[2]
-HARNESS = Path(__file__).with_name("train_harness.py")
+REPO = Path(__file__).resolve().parents[3]
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
 # Every config runs offline once its models are swapped for tiny ones, except meld_bert_base,
 # whose test checks that it names the downloads it needs.
@@ -42,23 +41,8 @@ FUSION_HEAD = [f"{fusion}_{head}" for fusion in ("concat", "attention")
 QUICK = ["data.num_workers=0", "train.batch_size=4", "model.encoders.text.freeze_layers=0"]
 
 
-def env() -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
-
-
-def run(command: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(command, cwd=REPO, env=env(), capture_output=True, text=True, timeout=timeout)
-
-
 def metrics_of(out_dir: Path) -> dict:
     return json.loads((out_dir / "metrics.json").read_text())
-
-
-def without_timings(metrics: dict) -> dict:
-    """metrics.json minus the wall-clock figures, which differ between any two runs."""
-    rows = [{k: v for k, v in row.items() if k not in ("seconds", "samples_per_second", "data_wait_share")}
-            for row in metrics["epochs"]]
-    return {**metrics, "epochs": rows}
 
 
 # --------------------------------------------------------------------------- parts
@@ -219,7 +203,7 @@ def test_balanced_sampler_with_class_weights_warns_of_the_double_correction(tiny
 
 
 def test_fp16_on_the_cpu_is_one_line_before_any_cache_or_model(tiny_meld_cache, tmp_path, capsys, monkeypatch):
-    import pipeline.train as training
+    import pipeline.train.session as training
 
     def not_yet(*args, **kwargs):
         raise AssertionError("caches or model built before the settings were checked")
@@ -442,7 +426,7 @@ def reloaded_metrics(checkpoint: Path, cfg) -> dict:
     """The validation metrics of ``checkpoint`` loaded afresh, evaluated on batches made as
     training makes them (whole dialogues for a dialogue model)."""
     from pipeline.execution import amp_dtype
-    from pipeline.loading import evaluation_order, make_loader
+    from pipeline.train.loading import evaluation_order, make_loader
 
     cpu = torch.device("cpu")
     model = MultimodalModel.from_checkpoint(checkpoint)

@@ -1,6 +1,6 @@
 """``pipeline.train`` with test-only hooks, run as a script (alone or under torchrun):
 
-    python tests/pipeline/train_harness.py [--ids DIR] [--kill-at EPOCH:STEP] [--node-local-output] -- [train args ...]
+    python tests/pipeline/train/train_harness.py [--ids DIR] [--kill-at EPOCH:STEP] [--node-local-output] -- [train args ...]
 
 ``--ids DIR``: every rank appends the clip ids of each training batch to
 ``DIR/rank<R>.jsonl`` (one line per step: epoch, step, ids). ``--kill-at E:S``: the process
@@ -19,7 +19,8 @@ import signal
 import sys
 from pathlib import Path
 
-import pipeline.train as train
+import pipeline.train.fit as fit
+from pipeline.train.cli import main as train_main
 
 
 class HookedLoader:
@@ -55,7 +56,7 @@ def main() -> None:
         rest = [f"{item}-rank{rank}" if item.startswith("output_dir=") else item for item in rest]
     if args.ids is not None:
         args.ids.mkdir(parents=True, exist_ok=True)
-    original = train.train_one_epoch
+    original = fit.train_one_epoch
     signature = inspect.signature(original)
 
     def hooked(*call_args, **call_kwargs):
@@ -64,8 +65,8 @@ def main() -> None:
                                                  args.ids, args.kill_at)
         return original(*bound.args, **bound.kwargs)
 
-    train.train_one_epoch = hooked
-    train.main(rest)
+    fit.train_one_epoch = hooked
+    train_main(rest)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,86 @@
+"""Embedding pass: ``python -m pipeline.embed``: each encoder runs once over every cached item.
+
+    python -m pipeline.embed --config X.yaml [key=value ...] --cache CACHE --out EMB
+    python -m pipeline.embed --checkpoint RUN/best.pt --cache CACHE --out EMB
+        [--splits train,dev,test] [--batch-size 64] [--device auto|cpu|cuda:N] [--dtype float16|float32]
+
+``--config``: the model's encoders as the config builds them (frozen pretrained encoders:
+e.g. the packaged MiniLM or a fetched all-mpnet-base-v2); ``--checkpoint``: the encoders of a
+trained model (the two-stage recipe: fine-tune, embed, then train a dialogue model on the
+vectors). Writes ``EMB/<split>/`` as :mod:`pipeline.data.embeddings` describes: pooled vectors per
+modality (float16 [N, D], memory-mappable), masks, ids and ``meta.json``. An interrupted run
+resumes where it stopped; a folder made by other encoders or from another cache is refused
+with the differing keys. Then train on the vectors with ``data.embeddings_dir=EMB``.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Sequence
+
+from encoders.text import ModelNotFoundError
+from encoders.weights import WeightsError
+from pipeline.config import ConfigError
+from pipeline.data.cache import CacheMismatchError, CacheSplit
+from pipeline.embed.encode import DTYPES, embed_split, load_source
+from pipeline.execution import pick_device
+from pipeline.logs import setup_cli_logging
+from pipeline.model import CheckpointError
+
+log = logging.getLogger(__name__)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.embed", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=__doc__.split("\n\n", 2)[2])
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--config", help="YAML whose model encoders embed (frozen pretrained encoders)")
+    source.add_argument("--checkpoint", type=Path, help="best.pt / last.pt whose trained encoders embed")
+    parser.add_argument("--cache", required=True, type=Path, help="feature cache folder (holding <split>/)")
+    parser.add_argument("--out", required=True, type=Path, help="embeddings folder (gets <split>/)")
+    parser.add_argument("--splits", default="", help="comma-separated (default: the config's train, val and "
+                                                     "test splits that the cache has)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--dtype", default="float16", choices=sorted(DTYPES))
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (with --config)")
+    args = parser.parse_args(argv)
+    if args.batch_size < 1:
+        parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.checkpoint is not None and args.overrides:
+        parser.error("key=value overrides apply to --config only; a checkpoint's config is what it was trained with")
+    if args.out.resolve() == args.cache.resolve():
+        parser.error("--out must not be the feature cache folder itself")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    setup_cli_logging()
+    args = parse_args(argv)
+    try:
+        cfg, model, source = load_source(args)
+        splits = ([s for s in args.splits.split(",") if s] if args.splits else
+                  [s for s in (cfg.data.train_split, cfg.data.val_split, cfg.data.test_split)
+                   if s and (args.cache / s / "meta.json").is_file()])
+        if not splits:
+            raise FileNotFoundError(f"{args.cache} holds no split of the config ({cfg.data.train_split}, "
+                                    f"{cfg.data.val_split}, {cfg.data.test_split}); pass --splits")
+        device = pick_device(args.device)
+        model.to(device)
+        sections = {m: cfg.model.encoders[m] for m in model.encoders}
+        for split in splits:
+            if not (args.cache / split / "meta.json").is_file():
+                raise FileNotFoundError(f"no feature cache for split {split!r} in {args.cache / split}")
+            cache = CacheSplit(args.cache / split)
+            cache.check_params(source["preprocess"])
+            if not cache.complete:
+                raise CacheMismatchError(f"the cache {cache.split_dir} is incomplete: finish preprocessing first")
+            state = embed_split(model, sections, source, cache, args.out / split, args.batch_size, device, args.dtype)
+            log.info("%s: %s (%d vectors) in %s", split, state, len(cache.records), args.out / split)
+    except (CacheMismatchError, CheckpointError, ConfigError, FileNotFoundError, ModelNotFoundError,
+            WeightsError) as err:
+        log.error("%s", err)
+        return 1
+    return 0

@@ -1,0 +1,113 @@
+"""Preprocess raw MELD into the feature cache (see pipeline/data/cache.py for the layout).
+
+    python -m pipeline.preprocess MELD_ROOT OUT_DIR [--splits train,dev,test] [--workers N]
+        [--num-shards N --shard-id I] [--config YAML] [--csv-dir DIR]
+        [--train-csv F] [--train-clips D] [--dev-csv F] ... [key=value ...]
+    python -m pipeline.preprocess --merge OUT_DIR [--splits ...]
+
+``key=value`` are Config overrides with full dotted keys (``preprocess.video.num_frames=4``);
+only the ``preprocess`` section matters here. ``preprocess.modalities=[text]`` builds a
+text-only cache from the CSVs alone, without any clip.
+
+Each CSV row becomes one manifest row; a clip that is missing, empty or unreadable gives a
+``skipped`` row with its reason (the run goes on), and a clip on disk that no row names
+gives a ``skipped`` row with reason "no label". Finished ids are recorded one by one, so a
+killed run resumes where it stopped and a finished one does nothing. With
+``--num-shards N --shard-id I`` this process takes the ids whose hash falls in shard I;
+shards may share OUT_DIR, and the last one to finish writes the manifest (``--merge``
+does it explicitly).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+from typing import Sequence
+
+from pipeline.config import Config, ConfigError, from_dict, resolve_raw, to_dict
+from pipeline.data import cache, meld
+from pipeline.logs import setup_cli_logging
+from pipeline.preprocess.run import OVERRIDE, Runner, merge, plan_split, preprocess_split, split_sources
+from pipeline.workers import WorkerStartError
+
+logger = logging.getLogger(__name__)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.preprocess",
+        description="Preprocess raw MELD (CSVs + clips) into the feature cache.",
+        usage="%(prog)s MELD_ROOT OUT_DIR [options] [key=value ...]\n"
+              "       %(prog)s --merge OUT_DIR [--splits ...]")
+    parser.add_argument("positional", nargs="*", metavar="MELD_ROOT OUT_DIR [key=value ...]",
+                        help="MELD root (holding the CSVs and clip folders), output folder, "
+                             "then Config overrides such as preprocess.video.num_frames=4")
+    parser.add_argument("--splits", default=",".join(meld.SPLITS), help="comma-separated (default: %(default)s)")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                        help="worker processes (default: one per CPU; 1 = in this process)")
+    parser.add_argument("--num-shards", type=int, default=1)
+    parser.add_argument("--shard-id", type=int, default=0)
+    parser.add_argument("--config", help="YAML config file (its preprocess section is used)")
+    parser.add_argument("--csv-dir", help="folder holding the three CSVs")
+    for split in meld.SPLITS:
+        parser.add_argument(f"--{split}-csv", help=f"CSV of the {split} split")
+        parser.add_argument(f"--{split}-clips", help=f"clip folder of the {split} split")
+    parser.add_argument("--merge", action="store_true",
+                        help="only write the manifests of OUT_DIR's finished splits")
+    args = parser.parse_intermixed_args(argv)
+    args.overrides = [item for item in args.positional if OVERRIDE.match(item)]
+    paths = [Path(item) for item in args.positional if not OVERRIDE.match(item)]
+    if args.merge and len(paths) in (1, 2):
+        args.meld_root, args.out_dir = None, paths[-1]
+    elif len(paths) == 2:
+        args.meld_root, args.out_dir = paths
+    else:
+        parser.error("expected MELD_ROOT OUT_DIR (or --merge OUT_DIR)")
+    args.splits = [split.strip() for split in args.splits.split(",") if split.strip()]
+    unknown = sorted(set(args.splits) - set(meld.SPLITS))
+    if unknown or not args.splits:
+        parser.error(f"--splits: unknown {unknown}; choose from {list(meld.SPLITS)}")
+    if args.num_shards < 1 or not 0 <= args.shard_id < args.num_shards:
+        parser.error(f"--shard-id must be in [0, --num-shards), got {args.shard_id} of {args.num_shards}")
+    try:
+        # Only the preprocess section is used: the model sections are not resolved, so a
+        # text-only cache needs no model.modalities override.
+        args.pcfg = from_dict(Config, resolve_raw(Config, args.config, args.overrides)).preprocess
+    except ConfigError as err:
+        parser.error(str(err))
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    setup_cli_logging()
+    args = parse_args(argv)
+    if args.merge:
+        return merge(args.out_dir, args.splits)
+    pcfg = args.pcfg
+    needs_clips = bool({"audio", "video"} & set(pcfg.modalities))
+    try:  # read every CSV first, so that a bad one stops the run before any work
+        plans = {}
+        for split in args.splits:
+            csv_path, clip_dir = split_sources(args, split, needs_clips)
+            plans[split] = plan_split(split, csv_path, clip_dir, args.out_dir / split, pcfg)
+    except (FileNotFoundError, meld.MeldFormatError) as err:
+        logger.error("%s", err)
+        return 1
+    try:
+        runner = Runner(to_dict(pcfg), args.workers)
+    except (OSError, ValueError) as err:  # the text model's tokenizer cannot be loaded
+        logger.error("%s", err)
+        return 1
+    failed = True
+    try:
+        for split, (tasks, extras) in plans.items():
+            preprocess_split(split, tasks, extras, args.out_dir / split, pcfg, runner,
+                             args.num_shards, args.shard_id)
+        failed = False
+    except (cache.CacheMismatchError, WorkerStartError) as err:
+        logger.error("%s", err)
+        return 1
+    finally:
+        runner.close(failed)
+    return 0

@@ -1,0 +1,4 @@
+"""``python -m pipeline.sample``."""
+from pipeline.sample.cli import main
+
+main()
