@@ -3,7 +3,7 @@
     python bench/preprocess.py [--clips 6] [--duration 3.3] [--repeats 3] [--cpu 0]
 
 Generates MELD-like clips (1280x720 H.264 at 24 fps, AAC 48 kHz stereo, via
-``pipeline.sample.make_clip``), pins itself (and so every ffmpeg it starts) to one CPU core,
+``pipeline.sample.clip.make_clip``), pins itself (and so every ffmpeg it starts) to one CPU core,
 and measures per clip, interleaved and repeated:
 
   (a) floor     ``ffmpeg -threads 1 -i clip -f null -``: decoding every frame, nothing else

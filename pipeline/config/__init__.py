@@ -13,31 +13,11 @@ dataclass, types, ``flatten``), ``files`` (YAML, overrides, dump) and ``componen
 """
 from pipeline.config.checking import ConfigError, brief, flatten, from_dict, require, to_dict
 from pipeline.config.components import check_combinations, resolve_components
-from pipeline.config.files import (
-                                   apply_override,
-                                   config_from_dict,
-                                   deep_merge,
-                                   dump_yaml,
-                                   format_config,
-                                   load_config,
-                                   load_yaml,
-                                   parse_override,
-                                   resolve_raw,
-)
-from pipeline.config.sections import (
-                                   DEFAULT_TEXT_MODEL,
-                                   FACE_DETECTORS,
-                                   MODALITIES,
-                                   AudioFeatures,
-                                   Config,
-                                   DataConfig,
-                                   ModelConfig,
-                                   PreprocessConfig,
-                                   TextFeatures,
-                                   TrainConfig,
-                                   VideoFeatures,
-                                   check_modalities,
-)
+from pipeline.config.files import (apply_override, config_from_dict, deep_merge, dump_yaml, format_config, load_config,
+                                   load_yaml, parse_override, resolve_raw)
+from pipeline.config.sections import (DEFAULT_TEXT_MODEL, FACE_DETECTORS, MODALITIES, AudioFeatures, Config, DataConfig,
+                                      ModelConfig, PreprocessConfig, TextFeatures, TrainConfig, VideoFeatures,
+                                      check_modalities)
 
 __all__ = ["DEFAULT_TEXT_MODEL", "FACE_DETECTORS", "MODALITIES", "AudioFeatures", "Config", "ConfigError",
            "DataConfig", "ModelConfig", "PreprocessConfig", "TextFeatures", "TrainConfig", "VideoFeatures",

@@ -28,7 +28,7 @@ from pipeline.execution import pick_device
 from pipeline.logs import setup_cli_logging
 from pipeline.model import CheckpointError
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("pipeline.embed")  # messages name the command
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

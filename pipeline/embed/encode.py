@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import logging
 import sys
 from pathlib import Path
 from typing import Any, Mapping
@@ -23,8 +22,6 @@ from pipeline.data.dataset import MeldDataset, collate
 from pipeline.data.embeddings import FORMAT, VERSION, check_key, embedding_key
 from pipeline.execution import to_device
 from pipeline.model import MultimodalModel, build_model, load_checkpoint
-
-log = logging.getLogger(__name__)
 
 DTYPES = {"float16": np.float16, "float32": np.float32}
 

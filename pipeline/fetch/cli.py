@@ -30,7 +30,7 @@ from pipeline.fetch.install import FetchError, fetch, list_models
 from pipeline.fetch.pins import PINS, Pin
 from pipeline.logs import setup_cli_logging
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("pipeline.fetch")  # messages name the command
 
 
 def parse_args(argv: Sequence[str] | None, pins: Mapping[str, Pin]) -> argparse.Namespace:

@@ -49,7 +49,7 @@ import argparse
 import logging
 import re
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 
@@ -58,22 +58,31 @@ from pipeline.data import meld
 from pipeline.execution import pick_device
 from pipeline.infer.clips import list_clips
 from pipeline.infer.decoding import DecodePool, in_dialogue_order, make_jobs
-from pipeline.infer.predict import (
-    Predictor,
-    check_finite_weights,
-    default_lookahead,
-    default_workers,
-    format_metrics,
-    input_files,
-    model_threads,
-    run,
-)
+from pipeline.infer.predict import (Predictor, check_finite_weights, default_lookahead, default_workers,
+                                    model_threads, run)
 from pipeline.infer.predictions import OutputError, RowWriter, check_output
-from pipeline.infer.transcripts import InputError, read_transcripts
+from pipeline.infer.transcripts import SIDECAR_EXTENSIONS, InputError, read_transcripts
 from pipeline.logs import setup_cli_logging
 from pipeline.model import CheckpointError, load_checkpoint
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("pipeline.infer")  # messages name the command
+
+
+def format_metrics(metrics: Mapping[str, Mapping[str, Any]]) -> str:
+    """``task: accuracy A  weighted F1 F  (n=N)`` per task with labels."""
+    return "\n".join(f"{task}: accuracy {m['accuracy']:.4f}  weighted F1 {m['weighted_f1']:.4f}  (n={m['count']})"
+                     for task, m in metrics.items())
+
+
+def input_files(args: argparse.Namespace, clips: Sequence[Path]) -> list[Path]:
+    """Every file this run reads: the checkpoint, the transcripts, the clip list, the clips
+    and the sidecar transcripts next to them."""
+    files = [args.checkpoint, *clips, *(clip.with_suffix(ext) for clip in clips for ext in SIDECAR_EXTENSIONS)]
+    if args.transcripts is not None:
+        files.append(args.transcripts)
+    if Path(args.clips).is_file():
+        files.append(Path(args.clips))
+    return files
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

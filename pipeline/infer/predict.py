@@ -3,7 +3,6 @@ batch, one output row per clip in input order. The command line is :mod:`pipelin
 """
 from __future__ import annotations
 
-import argparse
 import collections
 import logging
 import math
@@ -21,7 +20,6 @@ from pipeline.data.dataset import collate, labels_of, make_item
 from pipeline.execution import autocast, inference_dtype, to_device
 from pipeline.infer.decoding import Decoded, DecodePool, Job, batches, dialogue_batches
 from pipeline.infer.predictions import TASKS, RowWriter
-from pipeline.infer.transcripts import SIDECAR_EXTENSIONS
 from pipeline.metrics import classification_metrics
 from pipeline.model import CheckpointError, MultimodalModel
 
@@ -168,20 +166,3 @@ def run(predictor: Predictor, jobs: Sequence[Job], pool: DecodePool, out: Path, 
                 errors, "".join(f"; {n} {reason}" for reason, n in reasons.most_common(5)), seconds,
                 summary["clips_per_second"], out)
     return summary
-
-
-def format_metrics(metrics: Mapping[str, Mapping[str, Any]]) -> str:
-    """``task: accuracy A  weighted F1 F  (n=N)`` per task with labels."""
-    return "\n".join(f"{task}: accuracy {m['accuracy']:.4f}  weighted F1 {m['weighted_f1']:.4f}  (n={m['count']})"
-                     for task, m in metrics.items())
-
-
-def input_files(args: argparse.Namespace, clips: Sequence[Path]) -> list[Path]:
-    """Every file this run reads: the checkpoint, the transcripts, the clip list, the clips
-    and the sidecar transcripts next to them."""
-    files = [args.checkpoint, *clips, *(clip.with_suffix(ext) for clip in clips for ext in SIDECAR_EXTENSIONS)]
-    if args.transcripts is not None:
-        files.append(args.transcripts)
-    if Path(args.clips).is_file():
-        files.append(Path(args.clips))
-    return files

@@ -34,16 +34,8 @@ import ffmpeg
 import numpy as np
 
 from pipeline.config import AudioFeatures, VideoFeatures
-from pipeline.media.probe import (
-    SAFE_INPUT,
-    SAFE_INPUT_ARGS,
-    ClipError,
-    ClipInfo,
-    as_float,
-    check_file,
-    last_line,
-    probe,
-)
+from pipeline.media.probe import (SAFE_INPUT, SAFE_INPUT_ARGS, ClipError, ClipInfo, as_float, check_file, last_line,
+                                  probe)
 
 logger = logging.getLogger(__name__)
 

@@ -22,16 +22,19 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Sequence
 
 from pipeline.config import Config, ConfigError, from_dict, resolve_raw, to_dict
 from pipeline.data import cache, meld
 from pipeline.logs import setup_cli_logging
-from pipeline.preprocess.run import OVERRIDE, Runner, merge, plan_split, preprocess_split, split_sources
+from pipeline.preprocess.run import Runner, merge, plan_split, preprocess_split, split_sources
 from pipeline.workers import WorkerStartError
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("pipeline.preprocess")  # messages name the command
+
+OVERRIDE = re.compile(r"^[A-Za-z_][\w]*(\.[\w]+)*=")  # a key=value among the positional arguments
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -9,7 +9,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -26,7 +25,6 @@ from pipeline.workers import Lost, WorkerPool
 
 logger = logging.getLogger(__name__)
 
-OVERRIDE = re.compile(r"^[A-Za-z_][\w]*(\.[\w]+)*=")
 NO_LABEL = "no label"
 WORKER_DIED = "worker process "  # how the reason of a clip lost to a dead worker starts (pipeline.workers)
 

@@ -21,7 +21,7 @@ from pipeline.train.fit import train
 from pipeline.train.guards import Preempted
 from pipeline.train.loops import NonFiniteError
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("pipeline.train")  # messages name the command
 
 
 def parse_config(argv: Sequence[str] | None) -> Config:

@@ -4,14 +4,8 @@ import math
 import numpy as np
 import pytest
 
-from pipeline.metrics import (
-    classification_metrics,
-    compute_metrics,
-    format_report,
-    plot_confusion_matrix,
-    plot_curves,
-    regression_metrics,
-)
+from pipeline.metrics import (classification_metrics, compute_metrics, format_report, plot_confusion_matrix,
+                              plot_curves, regression_metrics)
 
 NAMES = ["a", "b", "c"]
 

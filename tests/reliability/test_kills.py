@@ -14,16 +14,8 @@ from typing import Callable
 
 import pytest
 import torch
-from reliability_helpers import (
-    REPO,
-    assert_same_arrays,
-    assert_same_cache,
-    cli_env,
-    read_manifest,
-    run_cli,
-    signal_inside_epoch_2,
-    without_timings,
-)
+from reliability_helpers import (REPO, assert_same_arrays, assert_same_cache, cli_env, read_manifest, run_cli,
+                                 signal_inside_epoch_2, without_timings)
 
 from pipeline.data.cache import CacheSplit
 

@@ -4,15 +4,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.config import (
-    DEFAULT_TEXT_MODEL,
-    Config,
-    ConfigError,
-    config_from_dict,
-    dump_yaml,
-    load_config,
-    to_dict,
-)
+from pipeline.config import DEFAULT_TEXT_MODEL, Config, ConfigError, config_from_dict, dump_yaml, load_config, to_dict
 
 REPO = Path(__file__).resolve().parents[3]
 

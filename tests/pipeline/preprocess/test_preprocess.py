@@ -17,6 +17,7 @@ from pipeline import preprocess
 from pipeline.data.cache import CacheSplit
 from pipeline.data.meld import CSV_NAMES
 from pipeline.media.features import normalize_text
+from pipeline.preprocess.run import in_shard
 from tests.pipeline.meld_fixtures import FAULTS, make_meld_tree, save_tokenizer
 
 REPO = Path(__file__).resolve().parents[3]
@@ -188,7 +189,7 @@ def test_a_cache_with_other_parameters_is_refused(tree, reference, caplog):
 def test_two_shards_then_merge_equal_one_run(tree, reference, tmp_path):
     out = tmp_path / "out"
     ids = tree["dev_ids"] + ["final_videos_test_extra"]
-    assert 0 < sum(preprocess.in_shard(id_, 2, 0) for id_ in ids) < len(ids)  # both shards have work
+    assert 0 < sum(in_shard(id_, 2, 0) for id_ in ids) < len(ids)  # both shards have work
     assert run(tree, out, "--num-shards", "2", "--shard-id", "0", workers=2) == 0  # a worker pool
     assert not (out / "dev" / "manifest.jsonl").exists()  # shard 1 has not run yet
     assert run(tree, out, "--num-shards", "2", "--shard-id", "1") == 0  # the last shard merges

@@ -20,15 +20,8 @@ from pipeline.sample.clip import make_clip
 from pipeline.sample.folder import generate
 from pipeline.sample.plan import CLIP_DIRS, CSV_NAMES, SPLITS, Difficulty, plan_split, split_sizes
 from pipeline.sample.render import EMOTION_STYLES
-from pipeline.sample.text import (
-    AMBIGUOUS,
-    FILLERS,
-    MELD_COLUMNS,
-    TEMPLATES,
-    format_time,
-    utterance_text,
-    write_meld_csv,
-)
+from pipeline.sample.text import (AMBIGUOUS, FILLERS, MELD_COLUMNS, TEMPLATES, format_time, utterance_text,
+                                  write_meld_csv)
 
 SMALL = {"width": 64, "height": 36, "duration_range": (1.0, 1.0), "workers": 2}
 TIME = re.compile(r"^\d\d:\d\d:[0-5]\d,\d\d\d$")

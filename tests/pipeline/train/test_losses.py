@@ -7,14 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.config import TrainConfig
-from pipeline.train.losses import (
-    DensityWeights,
-    MultitaskLoss,
-    build_loss,
-    class_weights,
-    classification_loss,
-    regression_loss,
-)
+from pipeline.train.losses import (DensityWeights, MultitaskLoss, build_loss, class_weights, classification_loss,
+                                   regression_loss)
 
 COUNTS = [10, 30, 60]
 
