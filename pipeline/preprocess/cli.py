@@ -29,12 +29,23 @@ from typing import Sequence
 from pipeline.config import Config, ConfigError, from_dict, resolve_raw, to_dict
 from pipeline.data import cache, meld
 from pipeline.logs import setup_cli_logging
-from pipeline.preprocess.run import Runner, merge, plan_split, preprocess_split, split_sources
+from pipeline.preprocess.run import Runner, merge, plan_split, preprocess_split
 from pipeline.workers import WorkerStartError
 
 logger = logging.getLogger("pipeline.preprocess")  # messages name the command
 
 OVERRIDE = re.compile(r"^[A-Za-z_][\w]*(\.[\w]+)*=")  # a key=value among the positional arguments
+
+
+def split_sources(args: argparse.Namespace, split: str, needs_clips: bool) -> tuple[Path, Path | None]:
+    """(CSV, clip folder or None) of ``split`` from the flags or found under MELD_ROOT."""
+    csv_path = getattr(args, f"{split}_csv") or meld.find_csv(args.meld_root, split, args.csv_dir)
+    clips = getattr(args, f"{split}_clips")
+    if needs_clips and clips is None:
+        clips = meld.find_clip_dir(args.meld_root, split)
+    if clips is not None and not Path(clips).is_dir():
+        raise FileNotFoundError(f"clip folder {clips} does not exist")
+    return Path(csv_path), Path(clips) if needs_clips else None
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

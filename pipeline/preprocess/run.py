@@ -4,7 +4,6 @@ The command line is :mod:`pipeline.preprocess.cli`; the cache layout :mod:`pipel
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
@@ -51,17 +50,6 @@ def unlabelled_row(split: str, clip_id: str) -> dict[str, Any]:
     return {"id": clip_id, "split": split, "status": "skipped", "reason": NO_LABEL, "modalities": [],
             "emotion": None, "sentiment": None, "speaker": None, "dialogue_id": None,
             "utterance_id": None, "text": None}
-
-
-def split_sources(args: argparse.Namespace, split: str, needs_clips: bool) -> tuple[Path, Path | None]:
-    """(CSV, clip folder or None) of ``split`` from the flags or found under MELD_ROOT."""
-    csv_path = getattr(args, f"{split}_csv") or meld.find_csv(args.meld_root, split, args.csv_dir)
-    clips = getattr(args, f"{split}_clips")
-    if needs_clips and clips is None:
-        clips = meld.find_clip_dir(args.meld_root, split)
-    if clips is not None and not Path(clips).is_dir():
-        raise FileNotFoundError(f"clip folder {clips} does not exist")
-    return Path(csv_path), Path(clips) if needs_clips else None
 
 
 def plan_split(split: str, csv_path: Path, clip_dir: Path | None, split_dir: Path,

@@ -58,7 +58,7 @@ def test_old_checkpoint_and_cache_give_the_old_predictions(old_cache):
     np.testing.assert_allclose(outputs["regression"], wanted, atol=TOLERANCE)
 
 
-def test_training_reads_the_old_cache_and_resumes_from_its_checkpoint_config(old_cache, tmp_path):
+def test_training_reads_the_old_cache_with_its_checkpoint_config(old_cache, tmp_path):
     """The config stored in the old best.pt, given back as overrides, trains on the old cache."""
     ckpt = load_checkpoint(PRE_MOVE / "best.pt")
     stored = ckpt["config"]
