@@ -49,7 +49,8 @@ def weights_hash(modules: Mapping[str, nn.Module]) -> str:
         for key, tensor in sorted(modules[name].state_dict().items()):
             tensor = tensor.detach().cpu().contiguous()
             digest.update(f"{name}.{key}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
-            digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+            # flattened first: a 0-d tensor (BatchNorm's step counter) has no byte view
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 

@@ -44,6 +44,10 @@ def load_source(args: argparse.Namespace) -> tuple[Config, MultimodalModel, dict
         return cfg, model, {"checkpoint": str(path), "checkpoint_sha256": file_sha256(path),
                             "preprocess": ckpt["preprocess"]}
     cfg = load_config(args.config, args.overrides)
+    # Encoders without pretrained weights (VGGish or ResNet from scratch, a random Whisper)
+    # start as training starts them, seeded with train.seed: a run on these vectors rebuilds
+    # the same encoders and its weights-hash check passes.
+    torch.manual_seed(cfg.train.seed)
     return cfg, build_model(cfg).eval(), {"config": str(Path(args.config).resolve()) if args.config else None,
                                           "overrides": list(args.overrides), "preprocess": to_dict(cfg.preprocess)}
 
