@@ -14,6 +14,7 @@ import numpy as np  # noqa: E402
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support  # noqa: E402
 
 from pipeline.labels import EMOTIONS, REGRESSION, SENTIMENTS  # noqa: E402
+from pipeline.writing import write_atomic  # noqa: E402
 
 IGNORE_INDEX = -100
 
@@ -120,7 +121,7 @@ def plot_confusion_matrix(cm: Sequence[Sequence[int]], labels: Sequence[str], pa
             ax.text(j, i, f"{int(cm[i, j])}", ha="center", va="center",
                     color="white" if rates[i, j] > 0.5 else "black", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    write_atomic(path, lambda file: fig.savefig(file, format="png", dpi=120))
     plt.close(fig)
 
 
@@ -144,5 +145,5 @@ def plot_curves(history: Sequence[Mapping], path: str | Path) -> None:
     f1_ax.set_ylabel("validation")
     f1_ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    write_atomic(path, lambda file: fig.savefig(file, format="png", dpi=120))
     plt.close(fig)

@@ -12,6 +12,7 @@ import yaml
 from pipeline.config.checking import ConfigError, from_dict, to_dict
 from pipeline.config.components import resolve_components
 from pipeline.config.sections import Config
+from pipeline.writing import write_text_atomic
 
 
 class _Yaml12Loader(yaml.SafeLoader):
@@ -108,10 +109,7 @@ def config_from_dict(raw: Mapping[str, Any]) -> Config:
 def dump_yaml(cfg: Any, path: str | Path) -> None:
     """Write a config (dataclass or dict) as YAML, atomically."""
     data = to_dict(cfg) if dataclasses.is_dataclass(cfg) else dict(cfg)
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
-    tmp.replace(path)
+    write_text_atomic(path, yaml.safe_dump(data, sort_keys=False))
 
 
 def format_config(cfg: Any) -> str:

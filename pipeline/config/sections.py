@@ -171,6 +171,7 @@ class TrainConfig:
     ema_decay: float = 0.0  # 0 = off; e.g. 0.995: validate, checkpoint and infer with an EMA of the weights
     seed: int = 0
     resume: bool = False
+    overwrite: bool = False  # true = train into an output_dir holding another run's results (replaced)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dist_timeout_minutes: float = 10.0  # DDP: a collective waiting this long on a lost rank fails the job
     log_every: int = 20

@@ -5,28 +5,16 @@ renamed into place, so a killed run leaves no half-written entry."""
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
 from pipeline.data.cache import FORMAT, VERSION, check_meta, done_ids, params_key, read_json
+from pipeline.writing import write_atomic
 
 STALE_TMP_SECONDS = 3600.0  # a temporary file this old belongs to a run that was killed
-
-
-def write_atomic(path: Path, write: Callable[[Any], None]) -> None:
-    """Call ``write(file)`` on a temporary file next to ``path``, then rename it into place."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as file:
-            write(file)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def write_json(path: Path, data: Any) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import sys
 from pathlib import Path
 from typing import Any, Mapping
@@ -67,7 +68,8 @@ def embed_split(model: MultimodalModel, sections: Mapping[str, Any], source: Map
     count = len(cache.records)
     done, state = 0, "made"
     partial = {name: out_dir / f"{name}.npy.partial" for m in dims for name in (m, f"{m}_mask")}
-    if progress_path.is_file() and all(path.is_file() for path in partial.values()):
+    resumable = all(path.is_file() and not path.is_symlink() for path in partial.values())
+    if progress_path.is_file() and resumable:
         progress = read_json(progress_path)
         check_key(out_dir, progress, key)
         if progress.get("dtype") != dtype:
@@ -75,6 +77,10 @@ def embed_split(model: MultimodalModel, sections: Mapping[str, Any], source: Map
                                      f"asks for {dtype}; use --dtype {progress.get('dtype')} or another --out")
         done, state = int(progress["done"]), "resumed"
     out_dir.mkdir(parents=True, exist_ok=True)
+    if not done:  # new files of this pass's own: whatever lies at their names (a planted link) goes
+        for path in partial.values():
+            path.unlink(missing_ok=True)
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666))
     mode = "r+" if done else "w+"
     vectors = {m: np.lib.format.open_memmap(partial[m], mode=mode, dtype=DTYPES[dtype], shape=(count, dims[m]))
                for m in dims}

@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from encoders import models_home
 from pipeline.fetch.pins import PINS, Part, Pin, PinnedFile
+from pipeline.writing import write_text_atomic
 
 try:
     import fcntl
@@ -214,9 +215,8 @@ def _manifest_files(pin: Pin) -> dict[str, dict]:
 
 
 def _write_manifest(folder: Path, name: str, pin: Pin) -> None:
-    temporary = folder / f".{models_home.MANIFEST}.tmp"
-    temporary.write_text(json.dumps({"name": name, "files": _manifest_files(pin)}, indent=1) + "\n")
-    os.replace(temporary, folder / models_home.MANIFEST)
+    write_text_atomic(folder / models_home.MANIFEST,
+                      json.dumps({"name": name, "files": _manifest_files(pin)}, indent=1) + "\n")
 
 
 @contextlib.contextmanager

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from pipeline.infer.transcripts import InputError
+from pipeline.writing import UnsafeOutputError, open_own
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +58,10 @@ def claim_partial(partial: Path) -> Any:
     file closes or the process dies), truncated only once the lock is held: a second run
     with the same ``--out`` is refused instead of interleaving its rows into the first's."""
     partial.parent.mkdir(parents=True, exist_ok=True)
-    descriptor = os.open(partial, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        descriptor = open_own(partial, "the rows of this run, until it ends")
+    except UnsafeOutputError as err:
+        raise InputError(f"--out {partial.with_name(partial.name.removesuffix('.partial'))}: {err}") from None
     try:
         fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -20,6 +20,7 @@ from pipeline.train import distributed as dist
 from pipeline.train.fit import train
 from pipeline.train.guards import Preempted
 from pipeline.train.loops import NonFiniteError
+from pipeline.writing import UnsafeOutputError
 
 log = logging.getLogger("pipeline.train")  # messages name the command
 
@@ -40,9 +41,10 @@ def parse_config(argv: Sequence[str] | None) -> Config:
 
 # What a user's files can get wrong before training starts: a cache made with other
 # parameters, a missing run to resume, a damaged or foreign checkpoint, absent weights, and
-# settings this machine cannot run (train.amp=fp16 on a CPU).
+# settings this machine cannot run (train.amp=fp16 on a CPU), an output folder taken by another run or
+# holding a link where the run writes.
 STARTUP_ERRORS = (CacheMismatchError, CheckpointError, ConfigError, FileExistsError, FileNotFoundError,
-                  WeightsError)
+                  UnsafeOutputError, WeightsError)
 
 
 @record

@@ -9,7 +9,6 @@ launched some other way, so no job hangs.
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import random
@@ -24,6 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from pipeline.execution import pick_device
 from pipeline.logs import LOG_FORMAT
+from pipeline.writing import write_atomic
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -103,13 +103,9 @@ def save_on_main(obj: Any, path: str | os.PathLike) -> None:
     failed write (a full disk) leaves the previous file and no ``.tmp``, and raises
     CheckpointWriteError on every rank (collective: every rank calls it)."""
     def write() -> None:
-        tmp = f"{os.fspath(path)}.tmp"
         try:
-            torch.save(obj, tmp)
-            os.replace(tmp, path)
+            write_atomic(path, lambda file: torch.save(obj, file))
         except OSError as err:
-            with contextlib.suppress(OSError):
-                os.remove(tmp)
             kept = "the previous one is kept" if os.path.exists(path) else "no earlier one exists"
             raise CheckpointWriteError(err.errno, f"writing {path} failed: {err.strerror or err} ({kept}); "
                                                   "free space there and resume with train.resume=true") from None

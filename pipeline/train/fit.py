@@ -14,7 +14,7 @@ from pipeline.metrics import format_report, plot_curves
 from pipeline.model import CheckpointError, load_checkpoint
 from pipeline.train import distributed as dist
 from pipeline.train.checkpoint import config_changes, inference_checkpoint, restore, resume_checkpoint, run_checkpoint
-from pipeline.train.guards import Preempted, RunLock, StopOnSignal
+from pipeline.train.guards import Preempted, RunLock, StopOnSignal, check_output_dir
 from pipeline.train.loops import evaluate, train_one_epoch
 from pipeline.train.run_outputs import MONITOR, monitored, summary, write_json, write_reports
 from pipeline.train.session import Session, prepare
@@ -28,9 +28,7 @@ def train(cfg: Config, device: torch.device) -> dict:
     out_dir = Path(cfg.output_dir)
     # Only rank 0 writes and reads output_dir; what the others need of it comes by broadcast,
     # so nodes without a shared filesystem agree (dist.from_main).
-    if dist.from_main((out_dir / "last.pt").exists) and not cfg.train.resume:
-        raise FileExistsError(f"{out_dir} already holds a run (last.pt); continue it with train.resume=true "
-                              "or choose another output_dir")
+    dist.from_main(lambda: check_output_dir(out_dir, cfg.train.resume, cfg.train.overwrite))
     dist.seed_everything(cfg.train.seed)
     run = prepare(cfg, device)  # checks the caches first: a refused run leaves no output folder
     lock = RunLock(out_dir)

@@ -14,6 +14,11 @@ and metrics, and one of them dies on the other's ``best.pt.tmp``. Rank 0 takes a
 lock on ``output_dir/.lock`` (``fcntl.flock``: released when the process exits, however it
 exits) before it writes anything into the folder; a second run is refused with the pid of
 the one holding it.
+
+**Another run's results** (:func:`check_output_dir`). A folder holding a run's ``best.pt``
+or ``metrics.json`` is never trained over unless ``train.overwrite=true`` says so (a
+``last.pt`` is continued with ``train.resume=true``); a folder that cannot be written is
+refused before the caches are read or the model built.
 """
 from __future__ import annotations
 
@@ -21,6 +26,7 @@ import fcntl
 import logging
 import os
 import signal
+import tempfile
 import threading
 from pathlib import Path
 from types import FrameType
@@ -28,6 +34,8 @@ from typing import Any
 
 import torch
 import torch.distributed
+
+from pipeline.writing import open_own
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +92,36 @@ class OutputDirInUse(FileExistsError):
     """Another training run holds ``output_dir``."""
 
 
+# What a finished or interrupted run leaves in output_dir (see pipeline.train).
+RESULTS = ("last.pt", "best.pt", "metrics.json")
+
+
+class OutputDirError(FileExistsError):
+    """``output_dir`` holds another run's results, or cannot be written."""
+
+
+def check_output_dir(out_dir: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse ``out_dir`` (rank 0, before any work) when it holds another run's results that
+    this run would replace (``overwrite`` allows it; ``resume`` continues a ``last.pt``), or
+    when a file cannot be created there. Creates nothing."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputDirError(f"output_dir {out_dir} is a file, not a folder; choose another output_dir")
+    found = [name for name in RESULTS if (out_dir / name).is_file()]
+    if found and not overwrite and not (resume and "last.pt" in found):
+        how = ("continue it with train.resume=true, replace it with train.overwrite=true"
+               if "last.pt" in found else "train.overwrite=true replaces them")
+        raise OutputDirError(f"output_dir {out_dir} already holds a run ({', '.join(found)}); {how}, "
+                             "or choose another output_dir")
+    nearest = next(folder for folder in (out_dir, *out_dir.parents) if folder.exists())
+    try:
+        descriptor, probe = tempfile.mkstemp(dir=nearest, prefix=".write-check.")
+        os.close(descriptor)
+        os.unlink(probe)
+    except OSError as err:
+        raise OutputDirError(f"output_dir {out_dir} cannot be written ({nearest}: {err.strerror or err}); "
+                             "choose another output_dir") from None
+
+
 class RunLock:
     """``acquire()`` (rank 0) before writing into ``out_dir``; ``release()`` at the end."""
 
@@ -93,7 +131,7 @@ class RunLock:
 
     def acquire(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        descriptor = open_own(self.path, "the lock of a training run")
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

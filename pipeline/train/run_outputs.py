@@ -9,6 +9,7 @@ from typing import Any, Mapping
 
 from pipeline.labels import EMOTIONS, SENTIMENTS
 from pipeline.metrics import format_report, plot_confusion_matrix
+from pipeline.writing import write_text_atomic
 
 MONITOR = ("emotion", "weighted_f1")  # validation metric for best.pt and early stopping
 
@@ -28,20 +29,14 @@ def finite_json(value: Any) -> Any:
 def write_json(path: Path, data: Any) -> None:
     """``data`` as strict JSON in ``path``, atomically (a failed write, e.g. a full disk,
     leaves the old file and no temporary one)."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        tmp.write_text(json.dumps(finite_json(data), indent=1, allow_nan=False), encoding="utf-8")
-        tmp.replace(path)
-    except OSError:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, json.dumps(finite_json(data), indent=1, allow_nan=False))
 
 
 def write_reports(out_dir: Path, metrics: Mapping[str, Any], split: str) -> None:
     """Per-class report (text and JSON) and confusion matrix images of the final evaluation."""
     classification = {task: result for task, result in metrics.items()
                       if isinstance(result, dict) and "per_class" in result}
-    (out_dir / "report.txt").write_text(f"split: {split}\n\n{format_report(metrics)}", encoding="utf-8")
+    write_text_atomic(out_dir / "report.txt", f"split: {split}\n\n{format_report(metrics)}")
     write_json(out_dir / "classification_report.json", {"split": split, **classification})
     for task, names in (("emotion", EMOTIONS), ("sentiment", SENTIMENTS)):
         if task in classification:

@@ -17,6 +17,7 @@ import json
 import shutil
 import signal
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -84,13 +85,12 @@ def test_a_full_disk_while_saving_stops_in_one_line_and_leaves_no_tmp(trained_ru
     real_save = torch.save
     saves = []
 
-    def save_until_full(obj, path, *args, **kwargs):
-        saves.append(str(path))
+    def save_until_full(obj, file, *args, **kwargs):
+        saves.append(Path(f"/proc/self/fd/{file.fileno()}").readlink().name)  # the temporary file's name
         if len(saves) == 3:  # epoch 2's best.pt (epoch 1 wrote best.pt and last.pt)
-            with open(path, "wb") as file:
-                file.write(b"half a checkpoint")
-            raise OSError(errno.ENOSPC, "No space left on device", str(path))
-        return real_save(obj, path, *args, **kwargs)
+            file.write(b"half a checkpoint")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, file, *args, **kwargs)
 
     monkeypatch.setattr(distributed.torch, "save", save_until_full)
     epoch_one = None
@@ -99,7 +99,7 @@ def test_a_full_disk_while_saving_stops_in_one_line_and_leaves_no_tmp(trained_ru
     assert stopped.value.code == 1
     err = capsys.readouterr().err
     assert "training stopped:" in err and "No space left on device" in err and "Traceback" not in err
-    assert saves[2].endswith("best.pt.tmp") or saves[2].endswith("last.pt.tmp")
+    assert saves[2].startswith((".best.pt.", ".last.pt.")) and saves[2].endswith(".tmp")
     assert not list(out.glob("*.tmp"))
     epoch_one = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
     assert epoch_one["epoch"] == 1  # the checkpoint before the failure is whole
