@@ -2,6 +2,9 @@
 # Download MELD.Raw.tar.gz (resumable), check it, and unpack it and its nested split
 # tarballs into the layout scripts/preprocess_meld.sh expects.
 set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=python.sh
+source "$here/python.sh"
 
 URL="https://web.eecs.umich.edu/~mihalcea/downloads/MELD.Raw.tar.gz"  # from the MELD README
 
@@ -17,14 +20,21 @@ unpacks it and the train/dev/test tarballs inside it, giving
 Then: scripts/preprocess_meld.sh DEST/MELD.Raw CACHE_DIR
 
   --from-archive FILE   use an already downloaded MELD.Raw.tar.gz instead of downloading
+  --overwrite           replace files in DEST that differ from the release's (else refused)
+
+Unpacking happens in a new folder of the script's own inside DEST (members with absolute
+paths, "..", links out of it or special files are refused); only the nested tarballs it
+unpacked there are deleted, and no file of DEST is replaced without --overwrite.
 USAGE
 }
 
 dest=""
 archive=""
+overwrite=()
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --from-archive) [[ $# -ge 2 ]] || { usage; exit 2; }; archive="$2"; shift 2 ;;
+        --overwrite) overwrite=(--overwrite); shift ;;
         -h|--help) usage; exit 0 ;;
         -*) echo "download_meld.sh: unknown option $1" >&2; usage; exit 2 ;;
         *) [[ -z "$dest" ]] || { usage; exit 2; }; dest="$1"; shift ;;
@@ -71,16 +81,8 @@ if [[ $checked -eq 0 ]]; then
     fi
 fi
 
-echo "unpacking $archive into $dest" >&2
-tar -xzf "$archive" -C "$dest"
-archive_path="$(realpath "$archive")"
 # The release nests one tarball per split (train.tar.gz, dev.tar.gz, test.tar.gz).
-while IFS= read -r -d '' nested; do
-    [[ "$(realpath "$nested")" == "$archive_path" ]] && continue
-    echo "unpacking $nested" >&2
-    tar -xzf "$nested" -C "$(dirname "$nested")"
-    rm -f "$nested"  # its content is unpacked; keeping it would double the disk use
-done < <(find "$dest" -mindepth 1 -maxdepth 3 -name '*.tar.gz' -print0)
+"$PYTHON" "$here/unpack_meld.py" "$archive" "$dest" "${overwrite[@]}"
 
 status=0
 for split in train dev test; do
