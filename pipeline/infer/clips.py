@@ -8,7 +8,6 @@ a media type. A list names its clips one per line, and a missing one becomes an 
 """
 from __future__ import annotations
 
-import glob
 import logging
 from pathlib import Path
 
@@ -34,19 +33,53 @@ def list_clips(spec: str) -> list[Path]:
     if path.is_file():
         return read_clip_list(path) if path.suffix.lower() == ".txt" else [path]
     if any(char in spec for char in "*?["):
-        matches = [Path(p) for p in sorted(glob.glob(spec, recursive=True))]
-        clips = pick_media([p for p in matches if not p.is_dir()], f"--clips {spec}")
+        clips = pick_media([p for p in expand_pattern(spec) if not p.is_dir()], f"--clips {spec}")
         if not clips:
             raise InputError(f"--clips {spec}: the pattern matches no media files")
         return clips
     raise InputError(f"--clips {spec}: no such folder, list file or clip (nor a glob pattern)")
 
 
+def expand_pattern(spec: str) -> list[Path]:
+    """The paths matching glob pattern ``spec``, sorted, one per real file. ``**`` walks the
+    real folders only (``pathlib`` never descends into a link to a folder, so links to ``.``
+    or a parent cannot loop), and folders or files whose names start with ``.`` below the
+    pattern's fixed part are left out, as ``glob`` leaves them."""
+    parts = Path(spec).parts
+    first = next(i for i, part in enumerate(parts) if any(char in part for char in "*?["))
+    base = Path(*parts[:first]) if first else Path(".")
+    matches = sorted(base.glob(str(Path(*parts[first:]))))
+    return [p for p in matches if not any(part.startswith(".") for part in p.relative_to(base).parts)]
+
+
+def one_per_file(paths: list[Path], what: str) -> list[Path]:
+    """``paths`` less the later names of a file already named (links, a pattern that reaches a
+    file twice), logged; a path that cannot be read stays (it becomes an error row)."""
+    seen: set[tuple[int, int]] = set()
+    kept, repeats = [], []
+    for path in paths:
+        try:
+            info = path.stat()
+        except OSError:
+            kept.append(path)
+            continue
+        if (info.st_dev, info.st_ino) in seen:
+            repeats.append(path)
+            continue
+        seen.add((info.st_dev, info.st_ino))
+        kept.append(path)
+    if repeats:
+        logger.warning("%s: %d names of files already listed are skipped (links to one file), e.g. %s",
+                       what, len(repeats), repeats[0])
+    return kept
+
+
 def pick_media(paths: list[Path], what: str) -> list[Path]:
-    """The media files among ``paths``, in order; the others are logged with why they were
-    skipped (transcripts beside a clip only count, they are read as its transcript)."""
+    """The media files among ``paths``, in order, one per real file; the others are logged
+    with why they were skipped (transcripts beside a clip only count, they are read as its
+    transcript)."""
     reasons = [(p, skip_reason(p)) for p in paths]
-    clips = [p for p, reason in reasons if reason is None]
+    clips = one_per_file([p for p, reason in reasons if reason is None], what)
     stems = {clip.with_suffix("") for clip in clips}
     skipped = [(p, reason) for p, reason in reasons if reason is not None]
     sidecars = [p for p, _ in skipped if p.suffix.lower() in SIDECAR_EXTENSIONS and p.with_suffix("") in stems]
