@@ -68,6 +68,32 @@ def resolve_model(name: str) -> str:
             f"(`model: /path/to/folder`). Cause: {err}") from err
 
 
+# Model types whose position ids start after the padding index (RoBERTa's layout): their
+# table has pad_token_id + 1 rows that no token uses.
+OFFSET_POSITIONS = ("roberta", "mpnet", "xlm-roberta", "xlm-roberta-xl", "camembert", "longformer", "data2vec-text")
+
+
+def max_tokens(model_config) -> int | None:
+    """How many tokens a Hugging Face model config's position table takes (None: no limit known)."""
+    positions = getattr(model_config, "max_position_embeddings", None)
+    if not isinstance(positions, int) or positions <= 0:
+        return None
+    if getattr(model_config, "model_type", "") in OFFSET_POSITIONS:
+        positions -= (getattr(model_config, "pad_token_id", 0) or 0) + 1
+    return positions
+
+
+def check_max_length(name: str, max_length: int, key: str = "preprocess.text.max_length") -> None:
+    """Raise ValueError when text model ``name`` cannot take ``max_length`` tokens (before a
+    cache is built or a model trained for inputs it would crash on)."""
+    from transformers import AutoConfig
+
+    limit = max_tokens(AutoConfig.from_pretrained(resolve_model(name)))
+    if limit is not None and max_length > limit:
+        raise ValueError(f"{key}: {max_length} tokens, but text model {name or DEFAULT_MODEL!r} takes at most "
+                         f"{limit}; set {key}={limit} or less")
+
+
 def load_tokenizer(name: str):
     """The Hugging Face tokenizer of text model ``name`` (resolved offline like the model)."""
     from transformers import AutoTokenizer
@@ -108,6 +134,7 @@ class HFTextEncoder(nn.Module):
             self.model = AutoModel.from_config(AutoConfig.from_pretrained(folder))
         self.pretrained = cfg.pretrained
         self.out_dim: int = self.model.config.hidden_size
+        self.max_tokens = max_tokens(self.model.config)  # the longest input its position table takes
         if cfg.pooling == "pooler":
             if getattr(self.model, "pooler", None) is None:
                 raise ValueError(f"pooling: 'pooler' needs a model with a pooler layer; "

@@ -13,7 +13,7 @@ from torch import nn
 
 import encoders
 import fusion
-from pipeline.config import Config, ModelConfig, config_from_dict, from_dict
+from pipeline.config import Config, ConfigError, ModelConfig, config_from_dict, from_dict
 from pipeline.labels import label_vocab
 
 CHECKPOINT_FORMAT = "meld-fusion-checkpoint"
@@ -119,7 +119,12 @@ class MultimodalModel(nn.Module):
             check_checkpoint(ckpt, "checkpoint dict")
         else:
             ckpt = load_checkpoint(checkpoint)
-        model = build_model(config_from_dict(ckpt["config"]), task_outputs(ckpt["labels"]), load_weights=False)
+        try:
+            cfg = config_from_dict(ckpt["config"])  # checked as a YAML config is
+        except ConfigError as err:
+            raise CheckpointError(f"the checkpoint's stored config is not valid: {err}") from None
+        check_size(cfg, task_outputs(ckpt["labels"]), ckpt["model"])
+        model = build_model(cfg, task_outputs(ckpt["labels"]), load_weights=False)
         try:
             # Weights saved in half precision load as the float32 the model computes in.
             model.load_state_dict({name: value.float() if torch.is_tensor(value) and value.is_floating_point()
@@ -127,6 +132,19 @@ class MultimodalModel(nn.Module):
         except RuntimeError as err:
             raise CheckpointError(f"the checkpoint's weights do not fit the model its config builds: {err}") from err
         return model.eval()
+
+
+def check_size(cfg: Config, outputs: Mapping[str, int], state: Mapping[str, Any]) -> None:
+    """Refuse, before any memory is allocated, a stored config whose model needs more values
+    than the checkpoint's weights hold (a small file asking for a huge head): the model is
+    built on the ``meta`` device, which allocates nothing."""
+    with torch.device("meta"):
+        shell = build_model(cfg, outputs, load_weights=False)
+    needed = sum(tensor.numel() for tensor in shell.state_dict().values())
+    held = sum(value.numel() for value in state.values() if torch.is_tensor(value))
+    if needed > held:
+        raise CheckpointError(f"the checkpoint's config asks for a model of {needed:,} values, but its weights "
+                              f"hold {held:,}: the config does not belong to these weights")
 
 
 def build_model(cfg: Config, outputs: Mapping[str, int] | None = None,
@@ -138,7 +156,13 @@ def build_model(cfg: Config, outputs: Mapping[str, int] | None = None,
     if text is not None and not text.get("model"):
         text = {**text, "model": cfg.preprocess.text.model}
         model_cfg = dataclasses.replace(model_cfg, encoders={**model_cfg.encoders, "text": text})
-    return MultimodalModel(model_cfg, outputs, load_weights=load_weights)
+    model = MultimodalModel(model_cfg, outputs, load_weights=load_weights)
+    limit = getattr(model.encoders["text"], "max_tokens", None) if "text" in model.encoders else None
+    if limit is not None and cfg.preprocess.text.max_length > limit:
+        raise ConfigError(f"preprocess.text.max_length: {cfg.preprocess.text.max_length} tokens, but the text "
+                          f"encoder ({model_cfg.encoders['text'].get('model')}) takes at most {limit}; set "
+                          f"preprocess.text.max_length={limit} or less and preprocess again")
+    return model
 
 
 def make_checkpoint(model: nn.Module, cfg: Config, preprocess: Mapping[str, Any], **state: Any) -> dict[str, Any]:

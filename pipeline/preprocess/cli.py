@@ -100,6 +100,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return merge(args.out_dir, args.splits)
     pcfg = args.pcfg
     needs_clips = bool({"audio", "video"} & set(pcfg.modalities))
+    if "text" in pcfg.modalities:
+        from encoders.text import ModelNotFoundError, check_max_length  # seconds to import: not for --merge
+
+        try:  # before any clip is read: a cache the text model cannot take is refused now, not mid-training
+            check_max_length(pcfg.text.model, pcfg.text.max_length)
+        except (ModelNotFoundError, OSError, ValueError) as err:
+            logger.error("%s", err)
+            return 1
     try:  # read every CSV first, so that a bad one stops the run before any work
         plans = {}
         for split in args.splits:
