@@ -122,8 +122,30 @@ def check_meta(meta: Mapping[str, Any], preprocess: Mapping[str, Any], split_dir
             "preprocess into another folder with the parameters you want.")
 
 
+# Ids up to this many bytes name their entry files as they are; longer ones (a stray clip's
+# 249-character name, a 300-digit Dialogue_ID) get a prefix and a hash, so that an entry's
+# file names, with their temporary suffix, stay far below the 255 bytes a file name may have.
+MAX_ENTRY_NAME = 150
+
+
+def entry_name(id_: str) -> str:
+    """The file name (without suffix) of sample ``id_``'s entry in ``items/`` and ``status/``."""
+    if len(id_.encode("utf-8")) <= MAX_ENTRY_NAME and not id_.startswith(".") and "/" not in id_:
+        return id_
+    prefix = id_.encode("utf-8")[:64].decode("utf-8", "ignore").replace("/", "_").lstrip(".")
+    return f"{prefix}~{hashlib.sha256(id_.encode('utf-8')).hexdigest()[:20]}"
+
+
+def status_path(split_dir: str | Path, id_: str) -> Path:
+    return Path(split_dir) / "status" / f"{entry_name(id_)}.json"
+
+
+def item_path(split_dir: str | Path, id_: str) -> Path:
+    return Path(split_dir) / "items" / f"{entry_name(id_)}.npz"
+
+
 def done_ids(split_dir: str | Path) -> set[str]:
-    """Ids that already have a status record (ok or skipped)."""
+    """Entry names (:func:`entry_name`) that already have a status record (ok or skipped)."""
     return {name[:-5] for name in os.listdir(Path(split_dir) / "status") if name.endswith(".json")}
 
 
@@ -211,8 +233,8 @@ class CacheSplit:
         ids_path = self.split_dir / "ids.json"
         order = read_json(ids_path) if ids_path.is_file() else sorted(done)
         for id_ in order:
-            if id_ in done:
-                yield read_json(self.split_dir / "status" / f"{id_}.json")
+            if entry_name(id_) in done:
+                yield read_json(status_path(self.split_dir, id_))
 
     def load(self, id_: str) -> dict[str, np.ndarray]:
         """The arrays of sample ``id_`` (only its present modalities'); DamagedEntryError, naming
@@ -258,20 +280,20 @@ class CacheSplit:
                     or any(isinstance(size, int) and size != got for size, got in zip(shape, got_shape))):
                 problems.append(f"{name} is {got_dtype}{list(got_shape)}, expected {dtype}[{', '.join(map(str, shape))}]")
         if problems:
-            path = self.split_dir / "items" / f"{record['id']}.npz"
+            path = item_path(self.split_dir, record["id"])
             raise UnusableEntryError(f"{path}: cache entry {record['id']} is damaged ({'; '.join(problems)}); "
                                      f"{self.rebuild_hint(record['id'])}")
         return {name: shape for name, (shape, _) in headers.items()}
 
     def rebuild_hint(self, id_: str) -> str:
         """What to do about a damaged entry ``id_``."""
-        return (f"delete it and {self.split_dir / 'status' / f'{id_}.json'}, then rerun preprocessing "
+        return (f"delete it and {status_path(self.split_dir, id_)}, then rerun preprocessing "
                 "to rebuild it")
 
     @contextlib.contextmanager
     def reading(self, id_: str) -> Iterator[Path]:
         """The npz file of sample ``id_``; read errors inside become DamagedEntryError."""
-        path = self.split_dir / "items" / f"{id_}.npz"
+        path = item_path(self.split_dir, id_)
         try:
             yield path
         except (OSError, EOFError, ValueError, zipfile.BadZipFile) as err:

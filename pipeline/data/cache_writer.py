@@ -11,7 +11,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from pipeline.data.cache import FORMAT, VERSION, check_meta, done_ids, params_key, read_json
+from pipeline.data.cache import (FORMAT, VERSION, check_meta, done_ids, entry_name, item_path, params_key, read_json,
+                                 status_path)
 from pipeline.writing import write_atomic
 
 STALE_TMP_SECONDS = 3600.0  # a temporary file this old belongs to a run that was killed
@@ -52,14 +53,14 @@ def write_entry(split_dir: str | Path, row: Mapping[str, Any],
     """Store one finished id: its arrays (when ok), then its status record."""
     split_dir = Path(split_dir)
     if arrays:
-        write_atomic(split_dir / "items" / f"{row['id']}.npz", lambda file: np.savez(file, **arrays))
-    write_json(split_dir / "status" / f"{row['id']}.json", dict(row))
+        write_atomic(item_path(split_dir, row["id"]), lambda file: np.savez(file, **arrays))
+    write_json(status_path(split_dir, row["id"]), dict(row))
 
 
 def read_records(split_dir: str | Path, ids: Iterable[str]) -> dict[str, dict[str, Any]]:
     """The status records of those ``ids`` that have one."""
     split_dir, done = Path(split_dir), done_ids(split_dir)
-    return {id_: read_json(split_dir / "status" / f"{id_}.json") for id_ in ids if id_ in done}
+    return {id_: read_json(status_path(split_dir, id_)) for id_ in ids if entry_name(id_) in done}
 
 
 def forget_entries(split_dir: str | Path, ids: Iterable[str]) -> None:
@@ -68,8 +69,8 @@ def forget_entries(split_dir: str | Path, ids: Iterable[str]) -> None:
     split_dir = Path(split_dir)
     (split_dir / "manifest.jsonl").unlink(missing_ok=True)
     for id_ in ids:
-        (split_dir / "status" / f"{id_}.json").unlink(missing_ok=True)
-        (split_dir / "items" / f"{id_}.npz").unlink(missing_ok=True)
+        status_path(split_dir, id_).unlink(missing_ok=True)
+        item_path(split_dir, id_).unlink(missing_ok=True)
 
 
 def merge_split(split_dir: str | Path) -> list[str]:
@@ -79,10 +80,10 @@ def merge_split(split_dir: str | Path) -> list[str]:
     split_dir = Path(split_dir)
     ids = read_json(split_dir / "ids.json")
     done = done_ids(split_dir)
-    missing = [id_ for id_ in ids if id_ not in done]
+    missing = [id_ for id_ in ids if entry_name(id_) not in done]
     if missing:
         return missing
-    rows = (json.dumps(read_json(split_dir / "status" / f"{id_}.json"), ensure_ascii=False) + "\n"
+    rows = (json.dumps(read_json(status_path(split_dir, id_)), ensure_ascii=False) + "\n"
             for id_ in ids)
     write_atomic(split_dir / "manifest.jsonl", lambda file: file.write("".join(rows).encode("utf-8")))
     remove_stale_tmp(split_dir)

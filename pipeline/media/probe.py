@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import stat
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,11 +69,15 @@ def check_file(path: str | os.PathLike) -> Path:
     """The absolute path of an existing, non-empty file (absolute, so that a name starting
     with ``-`` or holding ``proto:`` is never read by ffmpeg as an option or a protocol)."""
     path = Path(path).absolute()
-    if not path.exists():
-        raise ClipError(path, "missing file")
-    if not path.is_file():
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise ClipError(path, "missing file") from None
+    except OSError as err:  # a name too long for the file system, a loop of links, no permission
+        raise ClipError(path, f"missing file ({err.strerror or err})") from None
+    if not stat.S_ISREG(info.st_mode):
         raise ClipError(path, "not a file")
-    if path.stat().st_size == 0:
+    if info.st_size == 0:
         raise ClipError(path, "empty file")
     return path
 

@@ -237,7 +237,7 @@ def manifest_intact(split_dir: Path) -> bool:
 def log_summary(split: str, split_dir: Path, ids: Sequence[str], processed: int, elapsed: float,
                 missing: Sequence[str]) -> None:
     """One line: ok, skipped by reason, time and rate of this run, manifest state."""
-    statuses = [cache.read_json(split_dir / "status" / f"{id_}.json") for id_ in ids]
+    statuses = [cache.read_json(cache.status_path(split_dir, id_)) for id_ in ids]
     ok = sum(row["status"] == "ok" for row in statuses)
     reasons = Counter(row["reason"] for row in statuses if row["status"] != "ok")
     skipped = ", ".join(f"{count} {reason}" for reason, count in reasons.most_common())
