@@ -76,6 +76,11 @@ def load_yaml(path: str | Path) -> dict:
         data = _load_yaml_text(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
         raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {err.start}: {err.reason}); "
+                          "save it as UTF-8") from None
+    except OSError as err:
+        raise ConfigError(f"config file {path} cannot be read: {err.strerror or err}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -13,6 +13,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 from pipeline.data import meld
 from pipeline.media.features import Utterance
@@ -62,6 +63,21 @@ class TranscriptTable:
         return found
 
 
+def csv_rows(path: Path, text: str) -> Iterator[tuple[int, list[str]]]:
+    """(line number, fields) of each CSV row of ``text``; a row the csv module refuses (a
+    field over its 128 KiB limit, a stray quote at the end) is an InputError naming the line."""
+    reader = csv.reader(io.StringIO(text, newline=""))
+    while True:
+        line = reader.line_num + 1
+        try:
+            fields = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as err:
+            raise InputError(f"--transcripts {path}, line {line}: {err}") from None
+        yield line, fields
+
+
 def read_transcripts(path: Path, context_turns: int) -> TranscriptTable:
     """A MELD CSV (it has ``Dialogue_ID`` and ``Utterance_ID``) or a ``clip,text[,speaker]
     [,dialogue,turn]`` CSV.
@@ -72,8 +88,8 @@ def read_transcripts(path: Path, context_turns: int) -> TranscriptTable:
     if not path.is_file():
         raise InputError(f"--transcripts {path}: no such file")
     text = meld.read_text(path)  # UTF-8, with any cp1252 bytes read as such (and reported)
-    rows = csv.reader(io.StringIO(text, newline=""))
-    header = [name.strip() for name in next(rows, [])]
+    rows = csv_rows(path, text)
+    header = [name.strip() for name in next(rows, (1, []))[1]]
     if {"Dialogue_ID", "Utterance_ID"} <= set(header):
         table = TranscriptTable(path, "MELD CSV")
         utterances = meld.read_csv(path)
@@ -85,7 +101,7 @@ def read_transcripts(path: Path, context_turns: int) -> TranscriptTable:
         return table
     if {"clip", "text"} <= set(header):
         table = TranscriptTable(path, "clip,text CSV")
-        for number, fields in enumerate(rows, start=2):
+        for number, fields in rows:
             row = dict(zip(header, fields))
             clip, said = row.get("clip", "").strip(), row.get("text", "").strip()
             dialogue, turn = row.get("dialogue", "").strip(), row.get("turn", "").strip()

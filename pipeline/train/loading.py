@@ -3,6 +3,7 @@ feature cache (or its vectors) of a split, a shuffled or class-balanced share, b
 similar length, or batches of whole dialogues for a dialogue model."""
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -12,7 +13,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from pipeline.config import Config, to_dict
-from pipeline.data.cache import CacheSplit
+from pipeline.data.cache import CacheMismatchError, CacheSplit
 from pipeline.data.dataset import collate
 from pipeline.data.dialogues import DialogueBatches
 from pipeline.data.embeddings import EmbeddedDataset, EmbeddingSplit, check_key, embedding_key
@@ -33,10 +34,13 @@ def open_split(cfg: Config, split: str, required: bool) -> CacheSplit | None:
     cache = CacheSplit(split_dir)
     cache.check_params(to_dict(cfg.preprocess))
     if not cache.complete:
-        raise RuntimeError(f"the cache of split {split!r} in {split_dir} is incomplete (preprocessing has "
-                           "not finished); finish it before training")
+        raise CacheMismatchError(f"the cache of split {split!r} in {split_dir} is incomplete (preprocessing has "
+                                 "not finished); finish it before training")
     if len(cache) == 0:
-        raise RuntimeError(f"the cache of split {split!r} in {split_dir} holds no usable sample")
+        reasons = Counter(str(row.get("reason")) for row in cache.rows)
+        why = ", ".join(f"{count} {reason}" for reason, count in reasons.most_common(3)) or "its CSV has no rows"
+        raise CacheMismatchError(f"the cache of split {split!r} in {split_dir} holds no usable sample ({why}); "
+                                 "check that split's CSV and clips, then preprocess again")
     return cache
 
 
