@@ -125,7 +125,9 @@ def probe_mp4(path: Path) -> ClipInfo | None:
             moov = find_box(file, b"moov", os.fstat(file.fileno()).st_size)
             if moov is None:
                 return None
-            tracks = [read_track(trak) for kind, trak in iter_boxes(moov) if kind == b"trak"]
+            mvhd = child(moov, b"mvhd")
+            movie_timescale = struct.unpack_from(">I", mvhd, 20 if mvhd[0] == 1 else 12)[0]
+            tracks = [read_track(trak, movie_timescale) for kind, trak in iter_boxes(moov) if kind == b"trak"]
     except (OSError, struct.error, ValueError):
         return None
     video = [t for t in tracks if t["handler"] == b"vide" and t["duration"] > 0]
@@ -133,7 +135,7 @@ def probe_mp4(path: Path) -> ClipInfo | None:
     if not (video or audio) or len(audio) > 1:
         return None  # several audio tracks: ffprobe says which one is the default
     main = (video or audio)[0]
-    fps = main["samples"] / main["duration"] if video else 0.0
+    fps = main["samples"] / main["media_duration"] if video and main["media_duration"] else 0.0
     return ClipInfo(main["duration"], bool(audio), bool(video), main["width"], main["height"], fps)
 
 
@@ -185,20 +187,46 @@ def child(payload: bytes, *path: bytes) -> bytes:
     return payload
 
 
-def read_track(trak: bytes) -> dict:
-    """Handler type, duration (s), sample count and stored size of one ``trak`` box."""
+def read_track(trak: bytes, movie_timescale: int) -> dict:
+    """Handler type, duration (s) as presented, the media's own duration (s), sample count
+    and stored size of one ``trak`` box.
+
+    The presented duration is the edit list's (``edts/elst``) where the track has one: a cut
+    stream-copied out of a long-GOP clip carries the frames back to its keyframe and an edit
+    list that starts the presentation later, so the media lasts longer than what plays."""
     mdhd = child(trak, b"mdia", b"mdhd")
     if mdhd[0] == 1:
         timescale, duration = struct.unpack_from(">IQ", mdhd, 20)
     else:
         timescale, duration = struct.unpack_from(">II", mdhd, 12)
+    media = duration / timescale if timescale else 0.0
+    presented = edited_duration(trak, movie_timescale)
     handler = child(trak, b"mdia", b"hdlr")[8:12]
     stsz = child(trak, b"mdia", b"minf", b"stbl", b"stsz")
     samples = struct.unpack_from(">I", stsz, 8)[0]
     tkhd = child(trak, b"tkhd")
     width, height = struct.unpack_from(">II", tkhd, len(tkhd) - 8)
-    return {"handler": handler, "duration": duration / timescale if timescale else 0.0,
-            "samples": samples, "width": width >> 16, "height": height >> 16}
+    return {"handler": handler, "duration": media if presented is None else min(presented, media),
+            "media_duration": media, "samples": samples, "width": width >> 16, "height": height >> 16}
+
+
+def edited_duration(trak: bytes, movie_timescale: int) -> float | None:
+    """Seconds the edit list of ``trak`` presents of its media (empty edits, which only delay
+    the start, left out); None when it has no edit list."""
+    try:
+        elst = child(trak, b"edts", b"elst")
+    except ValueError:
+        return None
+    if not movie_timescale:
+        return None
+    version, count = elst[0], struct.unpack_from(">I", elst, 4)[0]
+    entry, layout = (20, ">Qq") if version == 1 else (12, ">Ii")
+    total = 0
+    for index in range(min(count, (len(elst) - 8) // entry)):
+        segment, media_time = struct.unpack_from(layout, elst, 8 + index * entry)
+        if media_time != -1:
+            total += segment
+    return total / movie_timescale if total else None
 
 
 def last_line(stderr: bytes | str | None, path: Path) -> str:

@@ -27,7 +27,9 @@ def ffmpeg(*args: str) -> None:
 
 
 def with_header_duration(clip: Path, factor: float, out: Path) -> Path:
-    """A copy of ``clip`` whose tracks' mdhd boxes claim ``factor`` times their duration."""
+    """A copy of ``clip`` whose tracks' mdhd boxes claim ``factor`` times their duration, and
+    so do their edit lists when ``factor`` > 1 (an edit list shorter than the media is not a
+    lie: ffmpeg plays only what it lists)."""
     data = bytearray(clip.read_bytes())
     at = data.find(b"mdhd")
     while at >= 0:
@@ -35,6 +37,13 @@ def with_header_duration(clip: Path, factor: float, out: Path) -> Path:
         duration = struct.unpack_from(">I", data, at + 20)[0]
         struct.pack_into(">I", data, at + 20, int(duration * factor))
         at = data.find(b"mdhd", at + 4)
+    at = data.find(b"elst") if factor > 1 else -1
+    while at >= 0:
+        assert data[at + 4] == 0
+        for entry in range(struct.unpack_from(">I", data, at + 8)[0]):
+            segment = struct.unpack_from(">I", data, at + 12 + 12 * entry)[0]
+            struct.pack_into(">I", data, at + 12 + 12 * entry, int(segment * factor))
+        at = data.find(b"elst", at + 4)
     out.write_bytes(bytes(data))
     return out
 
