@@ -227,3 +227,17 @@ def check_checkpoint(ckpt: Any, source: str) -> None:
     missing = [key for key in CHECKPOINT_KEYS if key not in ckpt]
     if missing:
         raise CheckpointError(f"{source} lacks the keys {missing}")
+    check_labels(ckpt["labels"], source)
+
+
+def check_labels(labels: Any, source: str) -> None:
+    """Raise :class:`CheckpointError` unless ``labels`` maps each task to a list of distinct
+    names (a repeated name would merge two outputs' probabilities in every row)."""
+    if not isinstance(labels, Mapping) or not all(isinstance(names, (list, tuple)) for names in labels.values()):
+        raise CheckpointError(f"{source}: its label lists are not a mapping of task to names")
+    for task, names in labels.items():
+        if not all(isinstance(name, str) and name for name in names):
+            raise CheckpointError(f"{source}: the {task} labels {list(names)} are not all names")
+        repeated = sorted({name for name in names if list(names).count(name) > 1})
+        if repeated:
+            raise CheckpointError(f"{source}: the {task} labels repeat {repeated}; each output needs its own name")

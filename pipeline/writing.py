@@ -49,7 +49,7 @@ def open_own(path: str | os.PathLike, what: str) -> int:
     path = Path(path)
     try:
         descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o666)
-    except OSError as err:
+    except OSError:
         if path.is_symlink():
             raise UnsafeOutputError(f"{path} ({what}) is a symbolic link, to {os.readlink(path)}; "
                                     "refusing to write through it: remove the link") from None

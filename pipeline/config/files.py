@@ -48,15 +48,27 @@ def deep_merge(base: dict, update: Mapping[str, Any]) -> dict:
     return merged
 
 
+YAML_NULLS = ("null", "Null", "NULL", "~")
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
-    """``a.b.c=value`` -> (["a", "b", "c"], value parsed as YAML: 3, 0.5, true, [a, b], x)."""
+    """``a.b.c=value`` -> (["a", "b", "c"], value parsed as YAML: 3, 0.5, true, [a, b], null).
+
+    A value YAML reads as a string (or as nothing: ``#...`` is a YAML comment) is taken as
+    typed, unless quoted: ``output_dir=/runs/exp #2`` keeps its ``#2`` (YAML would drop it as a
+    comment) and a newline stays a newline (YAML folds it to a space)."""
     key, sep, raw_value = text.partition("=")
     if not sep or not key or any(not part for part in key.split(".")):
         raise ConfigError(f"override {text!r}: expected dotted.key=value")
     try:
         value = _load_yaml_text(raw_value) if raw_value.strip() else ""
     except yaml.YAMLError as err:
-        raise ConfigError(f"override {text!r}: value is not valid YAML ({err})") from None
+        if raw_value.lstrip()[:1] in ("[", "{", "'", '"'):
+            raise ConfigError(f"override {text!r}: value is not valid YAML ({err})") from None
+        value = raw_value  # e.g. a path holding ": "
+    quoted = raw_value.strip()[:1] in ("'", '"')
+    if not quoted and (isinstance(value, str) or (value is None and raw_value.strip() not in YAML_NULLS)):
+        value = raw_value
     return key.split("."), value
 
 

@@ -214,4 +214,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
+    def __post_init__(self) -> None:
+        require(bool(self.output_dir.strip()), "output_dir", "must name a folder, got an empty value")
+
 

@@ -129,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_output(args.out, input_files(args, clips))
         transcripts = (read_transcripts(args.transcripts, pcfg.text.context_turns)
                        if args.transcripts is not None else None)
-        jobs = make_jobs(clips, transcripts)
+        jobs = make_jobs(clips, transcripts, [Path(args.clips)] if Path(args.clips).is_file() else [])
         predictor = Predictor(ckpt, device)
         writer = RowWriter(args.out, predictor.labels)  # locks OUT.partial before any decoding
         if predictor.model.reads_dialogues:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import traceback
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
@@ -14,7 +15,7 @@ import numpy as np
 
 from pipeline.config import PreprocessConfig, from_dict
 from pipeline.data.dialogues import group_dialogues
-from pipeline.infer.transcripts import TranscriptTable, read_sidecar
+from pipeline.infer.transcripts import SidecarError, TranscriptTable, read_sidecar
 from pipeline.media.decode import ClipError
 from pipeline.media.features import Utterance, extract_features, single_threaded_process
 from pipeline.workers import Lost, WorkerPool
@@ -27,12 +28,13 @@ class Job:
     """One input clip (picklable: it travels to a decoding worker)."""
 
     clip: str
-    id: str  # file stem
+    id: str  # file stem (the file name, or the path, where stems repeat)
     utterance: Utterance | None  # None: no transcript, text masked
     emotion: str | None = None
     sentiment: str | None = None
     dialogue: str | None = None  # its dialogue's key (None: a dialogue of its own)
     turn: int = 0
+    error: str | None = None  # known before decoding (a transcript over its bound): an error row
 
     def place(self) -> dict[str, Any]:
         """The item's ``dialogue`` entry (see pipeline.data.dialogues)."""
@@ -40,14 +42,20 @@ class Job:
                 "speaker": self.utterance.speaker if self.utterance is not None and self.utterance.speaker else None}
 
 
-def make_jobs(clips: Sequence[Path], transcripts: TranscriptTable | None) -> list[Job]:
-    """A job per clip, with its transcript from ``transcripts`` or, when None, its sidecar."""
+def make_jobs(clips: Sequence[Path], transcripts: TranscriptTable | None,
+              not_transcripts: Sequence[Path] = ()) -> list[Job]:
+    """A job per clip, with its transcript from ``transcripts`` or, when None, its sidecar
+    (``not_transcripts``, e.g. the ``--clips`` list, are never read as one)."""
     jobs = []
-    for clip in clips:
-        found = transcripts.find(clip) if transcripts is not None else read_sidecar(clip)
-        jobs.append(Job(str(clip), clip.stem, found.utterance if found else None,
+    for clip, id_ in zip(clips, clip_ids(clips)):
+        error = None
+        try:
+            found = transcripts.find(clip) if transcripts is not None else read_sidecar(clip, not_transcripts)
+        except SidecarError as err:
+            found, error = None, str(err)
+        jobs.append(Job(str(clip), id_, found.utterance if found else None,
                         found.emotion if found else None, found.sentiment if found else None,
-                        found.dialogue if found else None, found.turn if found else 0))
+                        found.dialogue if found else None, found.turn if found else 0, error))
     matched = sum(job.utterance is not None for job in jobs)
     source = f"{transcripts.kind} {transcripts.source}" if transcripts else "sidecar .srt/.txt files"
     logger.info("%d clips; transcripts for %d of them (%s)", len(jobs), matched, source)
@@ -55,6 +63,15 @@ def make_jobs(clips: Sequence[Path], transcripts: TranscriptTable | None) -> lis
         logger.warning("no clip matched a row of %s: every clip is predicted with its text masked",
                        transcripts.source)
     return jobs
+
+
+def clip_ids(clips: Sequence[Path]) -> list[str]:
+    """Each clip's id: its stem, or where stems repeat (``x.mkv`` beside ``x.mp4``) its file
+    name, or where names repeat too (``a/x.mp4``, ``b/x.mp4``) its path."""
+    stems = Counter(clip.stem for clip in clips)
+    names = Counter(clip.name for clip in clips)
+    return [clip.stem if stems[clip.stem] == 1 else clip.name if names[clip.name] == 1 else str(clip)
+            for clip in clips]
 
 
 @dataclass
@@ -80,6 +97,8 @@ class ClipDecoder:
             self.tokenizer = load_tokenizer(self.pcfg.text.model)
 
     def __call__(self, job: Job) -> Decoded:
+        if job.error is not None:
+            return Decoded(job, None, [], job.error)
         try:
             arrays, modalities = extract_features(job.clip, job.utterance, self.pcfg, self.tokenizer)
         except ClipError as err:

@@ -78,6 +78,16 @@ class OutputError(Exception):
     rows it holds."""
 
 
+# A CSV cell starting with one of these is run as a formula by spreadsheet programs (a clip
+# named "=HYPERLINK(...).mp4"): such text cells get a leading apostrophe (OWASP's advice).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def defused(value: Any) -> Any:
+    """``value``, with ``'`` before a text that a spreadsheet would read as a formula."""
+    return f"'{value}" if isinstance(value, str) and value.startswith(FORMULA_STARTS) else value
+
+
 class RowWriter:
     """Writes rows as JSON lines or CSV to ``OUT.partial`` (locked, see ``claim_partial``),
     renamed to ``OUT`` by ``commit``. JSON is strict: a non-finite number is an error, never
@@ -104,7 +114,7 @@ class RowWriter:
     def write(self, rows: Iterable[Mapping[str, Any]]) -> None:
         for row in rows:
             if self.csv is not None:
-                self.csv.writerow(flatten_row(row))
+                self.csv.writerow({key: defused(value) for key, value in flatten_row(row).items()})
                 self.append(self.csv_line())
             else:
                 self.append(json.dumps(row, ensure_ascii=False, allow_nan=False) + "\n")

@@ -11,19 +11,30 @@ import csv
 import io
 import os
 import re
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 from pipeline.data import meld
 from pipeline.media.features import Utterance
 
 SIDECAR_EXTENSIONS = (".srt", ".txt")  # looked up in this order next to each clip
+MAX_SIDECAR_BYTES = 1 << 20  # a clip's transcript file beyond this is an error row, never read whole
 SRT_TAG = re.compile(r"<[^>]*>|\{\\[^}]*\}")  # <i>...</i> and {\an8}-style styling
 
 
 class InputError(ValueError):
     """Clips or transcripts that cannot be read as asked (the message says what to fix)."""
+
+
+class SidecarError(ValueError):
+    """A clip's own transcript file that cannot be used (its clip gets an error row)."""
+
+
+def nfc(name: str) -> str:
+    """``name`` in Unicode NFC: macOS writes file names decomposed (NFD), CSVs are mostly NFC."""
+    return unicodedata.normalize("NFC", name)
 
 
 @dataclass(frozen=True)
@@ -48,8 +59,9 @@ class TranscriptTable:
 
     def add(self, key: str, transcript: Transcript) -> None:
         """``key``: a file name or stem, or a path (relative to the CSV's folder)."""
+        key = nfc(key)
         if os.sep in key or (os.altsep and os.altsep in key):
-            table, resolved = self.by_path, (self.source.parent / key).resolve()
+            table, resolved = self.by_path, nfc(str((self.source.parent / key).resolve()))
         else:
             table, resolved = self.by_name, key
         if resolved in table:
@@ -57,9 +69,9 @@ class TranscriptTable:
         table[resolved] = transcript
 
     def find(self, clip: Path) -> Transcript | None:
-        found = self.by_path.get(clip.resolve())
+        found = self.by_path.get(nfc(str(clip.resolve())))
         if found is None:
-            found = self.by_name.get(clip.name) or self.by_name.get(clip.stem)
+            found = self.by_name.get(nfc(clip.name)) or self.by_name.get(nfc(clip.stem))
         return found
 
 
@@ -117,6 +129,13 @@ def read_transcripts(path: Path, context_turns: int) -> TranscriptTable:
                      f"Utterance_ID, ...) or a CSV with clip,text columns; the header is {header}")
 
 
+def same_file(path: Path, other: Path) -> bool:
+    try:
+        return os.path.samefile(path, other)
+    except OSError:
+        return False
+
+
 def read_srt(text: str) -> str:
     """The spoken text of an SRT file: each block's text lines joined by spaces, without the
     block numbers, the ``-->`` timing lines and styling tags."""
@@ -131,12 +150,17 @@ def read_srt(text: str) -> str:
     return " ".join(word for word in words if word)
 
 
-def read_sidecar(clip: Path) -> Transcript | None:
+def read_sidecar(clip: Path, not_transcripts: Sequence[Path] = ()) -> Transcript | None:
     """The transcript in ``<stem>.srt`` or ``<stem>.txt`` next to ``clip`` (None if neither
-    exists or it is empty)."""
+    exists or it is empty). ``not_transcripts`` (the ``--clips`` list) are never read as one;
+    a file over MAX_SIDECAR_BYTES raises SidecarError."""
     for extension in SIDECAR_EXTENSIONS:
         sidecar = clip.with_suffix(extension)
-        if sidecar.is_file():
+        if sidecar.is_file() and not any(same_file(sidecar, other) for other in not_transcripts):
+            size = sidecar.stat().st_size
+            if size > MAX_SIDECAR_BYTES:
+                raise SidecarError(f"transcript {sidecar.name} is {size / 1e6:.1f} MB, over the "
+                                   f"{MAX_SIDECAR_BYTES >> 20} MiB a clip's transcript may have")
             text = sidecar.read_text(encoding="utf-8-sig", errors="replace")
             text = read_srt(text) if extension == ".srt" else " ".join(text.split())
             return Transcript(Utterance(text)) if text else None

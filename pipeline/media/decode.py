@@ -34,12 +34,13 @@ import ffmpeg
 import numpy as np
 
 from pipeline.config import AudioFeatures, VideoFeatures
-from pipeline.media.probe import (SAFE_INPUT, SAFE_INPUT_ARGS, ClipError, ClipInfo, as_float, check_file, last_line,
-                                  probe)
+from pipeline.media.probe import (MAX_FRAME_PIXELS, SAFE_INPUT, SAFE_INPUT_ARGS, ClipError, ClipInfo, as_float,
+                                  check_file, last_line, probe)
 
 logger = logging.getLogger(__name__)
 
 LONG_CLIP_SECONDS = 20.0  # above this, seek to each sampled frame instead of decoding it all
+DECODE_SECONDS = 300.0  # one clip's ffmpeg run beyond this is killed (a MELD clip takes well under 1 s)
 FFMPEG_GLOBAL_ARGS = ["-nostdin", "-hide_banner", "-loglevel", "error", "-filter_complex_threads", "1"]
 # A header's duration is trusted only as far as the frames it yields agree with it: when the
 # count is off and the video packets span a duration off by more than this (seconds, or
@@ -74,6 +75,9 @@ def load_clip(path: str | os.PathLike, audio: AudioFeatures | None,
     info = probe(path)
     want_audio = audio is not None and info.has_audio
     want_video = video is not None and info.has_video
+    if want_video and info.width * info.height > MAX_FRAME_PIXELS:
+        raise ClipError(path, f"frames of {info.width}x{info.height} pixels, over the bound of {MAX_FRAME_PIXELS:,} "
+                              "pixels a frame (scale the clip down first)")
     if not (want_audio or want_video):
         return Clip(info, None, None)
     duration = info.duration
@@ -90,7 +94,10 @@ def load_clip(path: str | os.PathLike, audio: AudioFeatures | None,
     if audio_pipe is not None:
         outputs.append(audio_output(path, audio, duration, f"pipe:{audio_pipe[1]}", info.audio_stream))
     command = ["ffmpeg", *FFMPEG_GLOBAL_ARGS, *ffmpeg.get_args(ffmpeg.merge_outputs(*outputs))]
-    stdout, audio_bytes, stderr, returncode = run_ffmpeg(command, audio_pipe)
+    try:
+        stdout, audio_bytes, stderr, returncode = run_ffmpeg(command, audio_pipe)
+    except subprocess.TimeoutExpired:
+        raise ClipError(path, f"timed out: decoding ran over {DECODE_SECONDS:.0f} s") from None
     if returncode != 0:
         raise ClipError(path, "unreadable: " + last_line(stderr, path))
     # ffmpeg exits 0 on a file whose data ends early (it reports errors and stops), so a
@@ -157,7 +164,10 @@ def resample_if_misled(path: Path, decoded: np.ndarray, duration: float, num_fra
                    "asked for); sampling the frames over the %.2f s decoded", path.name, duration, span,
                    len(decoded), num_frames, span)
     command = ["ffmpeg", *FFMPEG_GLOBAL_ARGS, *ffmpeg.get_args(video_output(path, span, num_frames, size, crop))]
-    stdout, _, stderr, returncode = run_ffmpeg(command, None)
+    try:
+        stdout, _, stderr, returncode = run_ffmpeg(command, None)
+    except subprocess.TimeoutExpired:
+        raise ClipError(path, f"timed out: decoding ran over {DECODE_SECONDS:.0f} s") from None
     return parse_ppm_stream(stdout) if returncode == 0 else decoded
 
 
@@ -202,7 +212,8 @@ def run_ffmpeg(command: list[str], audio_pipe: tuple[int, int] | None) -> tuple[
     """Run ffmpeg (argument list, no shell) and read stdout, stderr and the extra audio pipe
     at the same time, so that no full pipe ever blocks ffmpeg. ``audio_pipe`` is the
     (read, write) pair of ``os.pipe()`` whose write end the command names as ``pipe:N``.
-    Returns (stdout, audio bytes, stderr, exit status)."""
+    Returns (stdout, audio bytes, stderr, exit status); raises subprocess.TimeoutExpired
+    when ffmpeg runs over DECODE_SECONDS (it is killed: a hung ffmpeg never hangs the run)."""
     audio_file = None
     try:
         process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -223,12 +234,26 @@ def run_ffmpeg(command: list[str], audio_pipe: tuple[int, int] | None) -> tuple[
         readers.append(threading.Thread(target=read_into, args=(results, "audio", audio_file.read)))
     for reader in readers:
         reader.start()
-    with process:
-        stdout = process.stdout.read()
-        for reader in readers:
-            reader.join()
-    if audio_file is not None:
-        audio_file.close()
+    timed_out = threading.Event()
+
+    def kill() -> None:
+        timed_out.set()
+        process.kill()
+
+    watchdog = threading.Timer(DECODE_SECONDS, kill)
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        with process:
+            stdout = process.stdout.read()
+            for reader in readers:
+                reader.join()
+    finally:
+        watchdog.cancel()
+        if audio_file is not None:
+            audio_file.close()
+    if timed_out.is_set():
+        raise subprocess.TimeoutExpired(command, DECODE_SECONDS)
     return stdout, results.get("audio", b""), results["stderr"], process.returncode
 
 

@@ -93,6 +93,21 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+def warn_shared_csvs(csvs: dict[str, Path]) -> None:
+    """Say so when two splits read one CSV (the train CSV given as dev and test): a model
+    would then be chosen and scored on its own training data."""
+    splits = list(csvs)
+    for i, split in enumerate(splits):
+        for other in splits[i + 1:]:
+            try:
+                same = os.path.samefile(csvs[split], csvs[other])
+            except OSError:
+                continue
+            if same:
+                logger.warning("%s and %s read the same CSV (%s): a model validated or tested on it is scored "
+                               "on the data it was trained on", split, other, csvs[split])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     setup_cli_logging()
     args = parse_args(argv)
@@ -109,10 +124,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             logger.error("%s", err)
             return 1
     try:  # read every CSV first, so that a bad one stops the run before any work
-        plans = {}
+        plans, csvs = {}, {}
         for split in args.splits:
             csv_path, clip_dir = split_sources(args, split, needs_clips)
             plans[split] = plan_split(split, csv_path, clip_dir, args.out_dir / split, pcfg)
+            csvs[split] = csv_path
+        warn_shared_csvs(csvs)
     except (FileNotFoundError, meld.MeldFormatError) as err:
         logger.error("%s", err)
         return 1

@@ -30,10 +30,10 @@ in as raw RGB (ffmpeg scales them up), the audio is piped in as raw PCM on a sec
 from __future__ import annotations
 
 import argparse
-import logging
 from pathlib import Path
 from typing import Any, Sequence
 
+from pipeline.logs import setup_cli_logging
 from pipeline.sample.folder import generate
 from pipeline.sample.plan import SPLITS, Difficulty
 from pipeline.sample.text import AMBIGUOUS_SHARE
@@ -87,8 +87,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--video-random-share", type=float, default=0.0,
                         help="share of clips whose face shows a random emotion (default: %(default)s)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_cli_logging()
     try:
         difficulty = Difficulty(args.ambiguous_share, args.audio_random_share, args.video_random_share)
         return generate(args.out_dir, args.clips_per_class, args.seed, args.splits, args.width,

@@ -22,7 +22,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from pipeline.execution import pick_device
-from pipeline.logs import LOG_FORMAT
+from pipeline.logs import configure
 from pipeline.writing import write_atomic
 
 log = logging.getLogger(__name__)
@@ -168,4 +168,4 @@ def reduce_mean(value: float, device: torch.device) -> float:
 def setup_logging() -> None:
     """INFO on rank 0, WARNING elsewhere, so one rank speaks for the job."""
     level = logging.INFO if int(os.environ.get("RANK", 0)) == 0 else logging.WARNING
-    logging.basicConfig(level=level, format=LOG_FORMAT, force=True)
+    configure(level, force=True)

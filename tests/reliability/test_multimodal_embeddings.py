@@ -4,7 +4,6 @@ multimodal two-stage recipe of the README, on the tiny generated MELD cache."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
