@@ -22,7 +22,7 @@ from pipeline.data.cache_writer import write_json
 from pipeline.data.dataset import MeldDataset, collate
 from pipeline.data.embeddings import FORMAT, VERSION, check_key, embedding_key
 from pipeline.execution import to_device
-from pipeline.model import MultimodalModel, build_model, load_checkpoint
+from pipeline.model import MultimodalModel, build_model, check_text_length, load_checkpoint
 
 DTYPES = {"float16": np.float16, "float32": np.float32}
 
@@ -49,7 +49,9 @@ def load_source(args: argparse.Namespace) -> tuple[Config, MultimodalModel, dict
     # start as training starts them, seeded with train.seed: a run on these vectors rebuilds
     # the same encoders and its weights-hash check passes.
     torch.manual_seed(cfg.train.seed)
-    return cfg, build_model(cfg).eval(), {"config": str(Path(args.config).resolve()) if args.config else None,
+    model = build_model(cfg).eval()
+    check_text_length(cfg, model)
+    return cfg, model, {"config": str(Path(args.config).resolve()) if args.config else None,
                                           "overrides": list(args.overrides), "preprocess": to_dict(cfg.preprocess)}
 
 

@@ -17,7 +17,7 @@ from pipeline.config import Config
 from pipeline.data.cache import CacheSplit
 from pipeline.data.dataset import MeldDataset, labels_of
 from pipeline.execution import amp_dtype
-from pipeline.model import MultimodalModel, build_model
+from pipeline.model import MultimodalModel, build_model, check_text_length
 from pipeline.train import distributed as dist
 from pipeline.train.loading import evaluation_order, make_loader, open_embedded, open_split, training_order
 from pipeline.train.loops import TokenMasker
@@ -87,6 +87,7 @@ def prepare(cfg: Config, device: torch.device) -> Session:
               "val": open_split(cfg, cfg.data.val_split, True),
               "test": open_split(cfg, cfg.data.test_split, False)}
     model = build_model(cfg)
+    check_text_length(cfg, model)
     if cfg.data.embeddings_dir:
         datasets = open_embedded(Path(cfg.data.embeddings_dir), caches, model, cfg.model.encoders,
                                  cfg.model.modalities)
