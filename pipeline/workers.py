@@ -29,6 +29,11 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 logger = logging.getLogger(__name__)
 
 _CONTEXT = multiprocessing.get_context("fork")  # workers inherit the loaded modules: no re-import per worker
+# Replacements are started by the dispatcher thread while the caller's thread runs (the model,
+# in inference): forking a process with several running threads can copy a lock another
+# thread holds, and the child deadlocks on it. They come from a fork server instead, a
+# single-threaded process started once (the first replacement pays its start-up).
+_REPLACEMENT_CONTEXT = multiprocessing.get_context("forkserver")
 STOP_SECONDS = 10.0  # how long a closing pool waits for its workers before terminating them
 
 
@@ -125,7 +130,7 @@ class WorkerPool:
 
     # ------------------------------------------------------------------ caller side
     def start(self) -> "WorkerPool":
-        for _ in range(self.size):
+        for _ in range(self.size):  # from the caller's thread, before the dispatcher thread runs
             self.workers.append(self._spawn())
         self.thread.start()
         return self
@@ -206,11 +211,15 @@ class WorkerPool:
         self.terminate() if kind is not None else self.close()
 
     # ------------------------------------------------------------------ dispatcher thread
-    def _spawn(self) -> _Worker:
-        parent_end, child_end = _CONTEXT.Pipe(duplex=True)
-        inherited = [worker.connection for worker in self.workers] + [parent_end, self.wake_read, self.wake_write]
-        process = _CONTEXT.Process(target=_serve, daemon=True, name="pipeline-worker",
-                                   args=(child_end, inherited, self.initializer, self.initargs, self.function))
+    def _spawn(self, replacement: bool = False) -> _Worker:
+        """A new worker: forked from this process, or (``replacement``, from the dispatcher
+        thread) from the fork server, which inherits none of this process's pipes."""
+        context = _REPLACEMENT_CONTEXT if replacement else _CONTEXT
+        parent_end, child_end = context.Pipe(duplex=True)
+        inherited = [] if replacement else [worker.connection for worker in self.workers] + [
+            parent_end, self.wake_read, self.wake_write]
+        process = context.Process(target=_serve, daemon=True, name="pipeline-worker",
+                                  args=(child_end, inherited, self.initializer, self.initargs, self.function))
         process.start()
         child_end.close()
         return _Worker(process, parent_end)
@@ -299,5 +308,5 @@ class WorkerPool:
                 self.queued.extendleft(reversed(worker.assigned))
             self.outcomes.put((held, "ok", Lost(f"{reason} while working on it")))
             logger.error("%s while working on task %s; starting a new worker", reason, held)
-        self.workers[index] = self._spawn()
+        self.workers[index] = self._spawn(replacement=True)
         return True

@@ -199,6 +199,24 @@ def expected_arrays(preprocess: Mapping[str, Any], modalities: Collection[str]) 
     return arrays
 
 
+def entry_bytes(preprocess: Mapping[str, Any], modalities: Collection[str]) -> tuple[int, int]:
+    """(bytes every ok entry holds, bytes it may hold at most beyond them) for these
+    parameters: text and frames have fixed sizes, audio grows with the clip up to
+    ``max_seconds``."""
+    audio = preprocess["audio"]
+    frames = int(audio["max_seconds"] * 1000 / audio["hop_ms"]) + 1
+    free = {"L": preprocess["text"]["max_length"], "T": frames,
+            "S": int(audio["max_seconds"] * audio["sample_rate"])}
+    fixed = variable = 0
+    for shape, dtype in expected_arrays(preprocess, modalities).values():
+        size = int(np.prod([free.get(dim, dim) for dim in shape])) * np.dtype(dtype).itemsize
+        if any(dim in ("T", "S") for dim in shape):
+            variable += size
+        else:
+            fixed += size
+    return fixed, variable
+
+
 class CacheSplit:
     """Read access to one split of the cache.
 

@@ -29,7 +29,7 @@ from typing import Sequence
 from pipeline.config import Config, ConfigError, from_dict, resolve_raw, to_dict
 from pipeline.data import cache, meld
 from pipeline.logs import setup_cli_logging
-from pipeline.preprocess.run import Runner, merge, plan_split, preprocess_split
+from pipeline.preprocess.run import NoSpaceError, Runner, merge, plan_split, preprocess_split
 from pipeline.workers import WorkerStartError
 
 logger = logging.getLogger("pipeline.preprocess")  # messages name the command
@@ -144,7 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             preprocess_split(split, tasks, extras, args.out_dir / split, pcfg, runner,
                              args.num_shards, args.shard_id)
         failed = False
-    except (cache.CacheMismatchError, WorkerStartError) as err:
+    except (cache.CacheMismatchError, NoSpaceError, WorkerStartError) as err:
         logger.error("%s", err)
         return 1
     finally:

@@ -8,6 +8,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -209,6 +210,7 @@ def preprocess_split(split: str, tasks: Sequence[Task], extras: Sequence[dict[st
         cache_writer.forget_entries(split_dir, stale)
     logger.info("%s: %d rows, %d unlabelled clips; shard %d/%d: %d ids, %d to do", split,
                 len(tasks), len(extras), shard_id, num_shards, len(mine), len(pending))
+    check_space(split, split_dir, len(pending), to_dict(pcfg))
     start = time.perf_counter()
     if pending:
         with tqdm(total=len(pending), unit="clip", desc=split, dynamic_ncols=True) as bar:
@@ -218,6 +220,27 @@ def preprocess_split(split: str, tasks: Sequence[Task], extras: Sequence[dict[st
     complete = not pending and manifest_intact(split_dir)
     missing = [] if complete else cache_writer.merge_split(split_dir)
     log_summary(split, split_dir, mine, len(pending), elapsed, missing)
+
+
+class NoSpaceError(OSError):
+    """The entries to make cannot fit on the cache's disk."""
+
+
+def check_space(split: str, split_dir: Path, count: int, preprocess: dict[str, Any]) -> None:
+    """Say what ``count`` new entries will cost, and refuse (NoSpaceError) when their fixed
+    part alone (tokens and frames) exceeds the free space of ``split_dir``'s disk, before any
+    clip is decoded: ``preprocess.video.size=2240`` for 224 makes every entry 100 times larger."""
+    if not count:
+        return
+    fixed, variable = cache.entry_bytes(preprocess, preprocess["modalities"])
+    free = shutil.disk_usage(split_dir).free
+    logger.info("%s: the %d new entries take %.1f MB, and up to %.1f MB more for audio (%.2f MB an entry at most); "
+                "%.1f GB free", split, count, count * fixed / 1e6, count * variable / 1e6,
+                (fixed + variable) / 1e6, free / 1e9)
+    if count * fixed > free:
+        raise NoSpaceError(f"{split}: {count} entries of {fixed / 1e6:.1f} MB each ({count * fixed / 1e9:.1f} GB) "
+                           f"do not fit in the {free / 1e9:.1f} GB free at {split_dir}; check preprocess.video.size "
+                           "and num_frames (their product sets most of it) or free space")
 
 
 def manifest_intact(split_dir: Path) -> bool:

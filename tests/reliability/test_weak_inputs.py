@@ -147,3 +147,28 @@ def test_overrides_keep_their_yaml_types_and_quotes():
 def test_an_empty_output_dir_is_refused():
     with pytest.raises(ConfigError, match="output_dir: must name a folder"):
         load_config(None, ["output_dir="])
+
+
+# --------------------------------------------------------------------------- sizes
+def test_a_cache_that_cannot_fit_is_refused_before_any_clip_is_decoded(tiny_meld_cache, tmp_path, caplog,
+                                                                       monkeypatch):
+    from collections import namedtuple
+
+    from pipeline.preprocess import run as preprocess_run
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(preprocess_run.shutil, "disk_usage", lambda path: usage(10**9, 0, 50 * 10**6))  # 50 MB free
+    decoded = []
+    monkeypatch.setattr(preprocess_run, "extract_features", lambda *args, **kwargs: decoded.append(args))
+    overrides = [o for o in tiny_meld_cache["preprocess_overrides"] if not o.startswith("preprocess.video.size")]
+    args = ["--splits", "dev", "--workers", "0", *overrides]
+    with caplog.at_level(logging.INFO):
+        assert preprocess.main([tiny_meld_cache["meld_root"], str(tmp_path / "big"), *args,
+                                "preprocess.video.size=2240"]) == 1  # 2 frames of 2240x2240: 30 MB an entry
+    assert "do not fit in the 0.1 GB free" in caplog.text and "preprocess.video.size" in caplog.text and not decoded
+    caplog.clear()
+    monkeypatch.undo()
+    with caplog.at_level(logging.INFO):
+        assert preprocess.main([tiny_meld_cache["meld_root"], str(tmp_path / "small"), *args,
+                                "preprocess.video.size=32"]) == 0
+    assert "new entries take" in caplog.text  # what the cache costs is said
