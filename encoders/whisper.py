@@ -42,9 +42,10 @@ class WhisperLogMel(nn.Module):
 
     def __init__(self, num_mel_bins: int = 80) -> None:
         super().__init__()
-        filters = torchaudio.functional.melscale_fbanks(
-            n_freqs=N_FFT // 2 + 1, f_min=0.0, f_max=8000.0, n_mels=num_mel_bins,
-            sample_rate=SAMPLE_RATE, norm="slaney", mel_scale="slaney")
+        with torch.device("cpu"):  # computed, even when the model is built on the meta device
+            filters = torchaudio.functional.melscale_fbanks(
+                n_freqs=N_FFT // 2 + 1, f_min=0.0, f_max=8000.0, n_mels=num_mel_bins,
+                sample_rate=SAMPLE_RATE, norm="slaney", mel_scale="slaney")
         # Not persistent: derived from constants, so checkpoints do not carry them.
         self.register_buffer("mel_filters", filters, persistent=False)  # [freqs, mels]
         self.register_buffer("window", torch.hann_window(N_FFT), persistent=False)

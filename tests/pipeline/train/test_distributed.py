@@ -56,8 +56,7 @@ def test_save_on_main_keeps_the_old_file_when_writing_dies_midway(tmp_path, monk
     dist.save_on_main({"epoch": 1}, path)
 
     def dying_save(obj, target, *args, **kwargs):  # a full disk or a kill, after some bytes
-        with open(target, "wb") as file:
-            file.write(b"PK\x03\x04 half a checkpoint")
+        target.write(b"PK\x03\x04 half a checkpoint")  # the temporary file save_on_main opened
         raise OSError("No space left on device")
 
     monkeypatch.setattr(torch, "save", dying_save)
@@ -65,6 +64,7 @@ def test_save_on_main_keeps_the_old_file_when_writing_dies_midway(tmp_path, monk
         dist.save_on_main({"epoch": 2}, path)
     monkeypatch.undo()
     assert torch.load(path, weights_only=True) == {"epoch": 1}  # the previous checkpoint, whole
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # and no temporary file left
 
 
 WORKER = textwrap.dedent("""
