@@ -215,6 +215,8 @@ class WorkerPool:
         """A new worker: forked from this process, or (``replacement``, from the dispatcher
         thread) from the fork server, which inherits none of this process's pipes."""
         context = _REPLACEMENT_CONTEXT if replacement else _CONTEXT
+        if replacement:  # the server (started by the first replacement) imports the task's modules once
+            context.set_forkserver_preload(sorted({self.initializer.__module__, self.function.__module__}))
         parent_end, child_end = context.Pipe(duplex=True)
         inherited = [] if replacement else [worker.connection for worker in self.workers] + [
             parent_end, self.wake_read, self.wake_write]
