@@ -1,8 +1,11 @@
 """Batch inference: ``python -m pipeline.infer --checkpoint RUN/best.pt --clips DIR|GLOB|LIST.txt``.
 
-    python -m pipeline.infer --checkpoint RUN/best.pt --clips DIR|GLOB|LIST.txt
+    python -m pipeline.infer --checkpoint RUN/best.pt [RUN2/best.pt ...] --clips DIR|GLOB|LIST.txt
         [--transcripts MELD.csv|CLIPS.csv] --out predictions.jsonl|.csv
         [--batch-size B] [--workers N] [--device auto|cpu|cuda|cuda:N]
+
+Several checkpoints make an ensemble (``pipeline.infer.ensemble``): each decodes the clips as it
+was trained, and a clip's row holds their class probabilities averaged.
 
 Everything the model needs comes from the checkpoint: the architecture and weights, the
 preprocessing parameters of the cache it was trained on (``ckpt["preprocess"]``) and the
@@ -58,8 +61,9 @@ from pipeline.data import meld
 from pipeline.execution import pick_device
 from pipeline.infer.clips import list_clips
 from pipeline.infer.decoding import DecodePool, in_dialogue_order, make_jobs
+from pipeline.infer.ensemble import check_members, ensemble_groups
 from pipeline.infer.predict import (Predictor, check_finite_weights, default_lookahead, default_workers,
-                                    model_threads, run)
+                                    model_threads, run, write_rows)
 from pipeline.infer.predictions import OutputError, RowWriter, check_output
 from pipeline.infer.transcripts import SIDECAR_EXTENSIONS, InputError, read_transcripts
 from pipeline.logs import setup_cli_logging
@@ -77,7 +81,7 @@ def format_metrics(metrics: Mapping[str, Mapping[str, Any]]) -> str:
 def input_files(args: argparse.Namespace, clips: Sequence[Path]) -> list[Path]:
     """Every file this run reads: the checkpoint, the transcripts, the clip list, the clips
     and the sidecar transcripts next to them."""
-    files = [args.checkpoint, *clips, *(clip.with_suffix(ext) for clip in clips for ext in SIDECAR_EXTENSIONS)]
+    files = [*args.checkpoint, *clips, *(clip.with_suffix(ext) for clip in clips for ext in SIDECAR_EXTENSIONS)]
     if args.transcripts is not None:
         files.append(args.transcripts)
     if Path(args.clips).is_file():
@@ -85,12 +89,22 @@ def input_files(args: argparse.Namespace, clips: Sequence[Path]) -> list[Path]:
     return files
 
 
+def read_member(path: Path) -> dict[str, Any]:
+    """A checkpoint to predict with: loaded, finite, with its preprocessing parameters."""
+    ckpt = load_checkpoint(path)
+    check_finite_weights(ckpt, path)
+    if not isinstance(ckpt.get("preprocess"), Mapping):
+        raise CheckpointError(f"{path} stores no preprocessing parameters (key 'preprocess')")
+    return ckpt
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m pipeline.infer", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Predict emotion and sentiment for every clip with a trained checkpoint.",
         epilog=__doc__.split("\n\n", 2)[2])
-    parser.add_argument("--checkpoint", required=True, type=Path, help="best.pt / last.pt of pipeline.train")
+    parser.add_argument("--checkpoint", required=True, type=Path, nargs="+",
+                        help="best.pt / last.pt of pipeline.train; several: an ensemble averaging their probabilities")
     parser.add_argument("--clips", required=True, help="folder, glob pattern, single clip or .txt list")
     parser.add_argument("--transcripts", type=Path,
                         help="MELD CSV or clip,text CSV (default: .srt/.txt next to each clip)")
@@ -120,23 +134,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     try:
         writer = None
-        ckpt = load_checkpoint(args.checkpoint)
-        check_finite_weights(ckpt, args.checkpoint)
-        if not isinstance(ckpt.get("preprocess"), Mapping):
-            raise CheckpointError(f"{args.checkpoint} stores no preprocessing parameters (key 'preprocess')")
-        pcfg = from_dict(PreprocessConfig, dict(ckpt["preprocess"]), "preprocess")
+        checkpoints = [read_member(path) for path in args.checkpoint]
         clips = list_clips(args.clips)
         check_output(args.out, input_files(args, clips))
-        transcripts = (read_transcripts(args.transcripts, pcfg.text.context_turns)
-                       if args.transcripts is not None else None)
-        jobs = make_jobs(clips, transcripts, [Path(args.clips)] if Path(args.clips).is_file() else [])
-        predictor = Predictor(ckpt, device)
-        writer = RowWriter(args.out, predictor.labels)  # locks OUT.partial before any decoding
-        if predictor.model.reads_dialogues:
-            jobs = in_dialogue_order(jobs)
+        predictors, member_jobs = [], []
+        for path, ckpt in zip(args.checkpoint, checkpoints):  # each member's transcripts read with its context
+            pcfg = from_dict(PreprocessConfig, dict(ckpt["preprocess"]), "preprocess")
+            transcripts = (read_transcripts(args.transcripts, pcfg.text.context_turns)
+                           if args.transcripts is not None else None)
+            jobs = make_jobs(clips, transcripts, [Path(args.clips)] if Path(args.clips).is_file() else [])
+            predictors.append(Predictor(ckpt, device))
+            member_jobs.append(in_dialogue_order(jobs) if predictors[-1].model.reads_dialogues else jobs)
+            logger.info("checkpoint %s (epoch %s), %s model on %s", path, ckpt.get("epoch"),
+                        "+".join(predictors[-1].modalities), device)
+        check_members(predictors, args.checkpoint)
+        writer = RowWriter(args.out, predictors[0].labels)  # locks OUT.partial before any decoding
         workers = default_workers(device) if args.workers is None else args.workers
-        pool = DecodePool(predictor.preprocess, min(workers, len(jobs)),
-                          default_lookahead(args.batch_size, workers)).start()
+
+        def open_pool(predictor: Predictor, count: int) -> DecodePool:
+            return DecodePool(predictor.preprocess, min(workers, count),
+                              default_lookahead(args.batch_size, workers)).start()
+
+        pool = open_pool(predictors[0], len(member_jobs[0])) if len(predictors) == 1 else None
     except (CheckpointError, ConfigError, InputError, meld.MeldFormatError, OSError, OutputError) as err:
         if writer is not None:
             writer.abandon()
@@ -144,11 +163,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     if device.type == "cpu":
         torch.set_num_threads(model_threads(workers))
-    logger.info("checkpoint %s (epoch %s), %s model on %s, %d decoding workers", args.checkpoint,
-                ckpt.get("epoch"), "+".join(predictor.modalities), device, workers)
+    logger.info("%d decoding workers%s", workers,
+                f"; an ensemble of {len(predictors)} checkpoints" if len(predictors) > 1 else "")
     try:
-        with pool:
-            summary = run(predictor, jobs, pool, args.out, args.batch_size, writer)
+        if pool is not None:
+            with pool:
+                summary = run(predictors[0], member_jobs[0], pool, args.out, args.batch_size, writer)
+        else:
+            summary = write_rows(ensemble_groups(predictors, member_jobs, open_pool, args.batch_size),
+                                 len(member_jobs[0]), predictors[0].labels, args.out, writer)
     except OutputError as err:  # a full disk: one line, the partial file left with whole rows only
         logger.error("%s", err)
         return 1

@@ -9,7 +9,7 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -126,43 +126,56 @@ def model_threads(workers: int) -> int:
     return max(1, available_cores() - workers)
 
 
+def predicted(predictor: Predictor, jobs: Sequence[Job], pool: DecodePool,
+              batch_size: int) -> Iterator[list[tuple[Job, dict[str, Any]]]]:
+    """``(job, row)`` pairs of every job, decoded by ``pool``, a batch at a time in the order of ``jobs``."""
+    grouping = dialogue_batches if predictor.model.reads_dialogues else batches
+    for group in grouping(pool.imap(jobs), batch_size):
+        yield list(zip((decoded.job for decoded in group), predictor.rows(group)))
+
+
 def run(predictor: Predictor, jobs: Sequence[Job], pool: DecodePool, out: Path, batch_size: int,
         writer: RowWriter | None = None) -> dict[str, Any]:
     """Predict every job, decoded by ``pool``, and write the rows to ``out`` (through
     ``writer`` when the caller already claimed it); returns a summary with counts, seconds,
     clips per second and, when labels were known, metrics."""
+    return write_rows(predicted(predictor, jobs, pool, batch_size), len(jobs), predictor.labels, out, writer)
+
+
+def write_rows(groups: Iterable[list[tuple[Job, dict[str, Any]]]], total: int, labels: Mapping[str, Sequence[str]],
+               out: Path, writer: RowWriter | None = None) -> dict[str, Any]:
+    """Write the rows of ``groups`` (``(job, row)`` lists, ``total`` in all) to ``out`` as they
+    come, scoring the labelled ok ones; returns the run's summary (see :func:`run`)."""
     start = time.perf_counter()
-    writer = writer if writer is not None else RowWriter(out, predictor.labels)
+    writer = writer if writer is not None else RowWriter(out, labels)
     truth: dict[str, list[int]] = {task: [] for task in TASKS}
     guess: dict[str, list[int]] = {task: [] for task in TASKS}
     reasons: collections.Counter[str] = collections.Counter()
     try:
-        with tqdm(total=len(jobs), unit="clip", desc="infer", dynamic_ncols=True) as bar:
-            grouping = dialogue_batches if predictor.model.reads_dialogues else batches
-            for group in grouping(pool.imap(jobs), batch_size):
-                rows = predictor.rows(group)
-                writer.write(rows)
-                for decoded, row in zip(group, rows):
+        with tqdm(total=total, unit="clip", desc="infer", dynamic_ncols=True) as bar:
+            for group in groups:
+                writer.write(row for _, row in group)
+                for job, row in group:
                     if row["status"] != "ok":
                         reasons[row["error"]] += 1
                         continue
                     for task in TASKS:
-                        label = getattr(decoded.job, task)
+                        label = getattr(job, task)
                         if label is not None:
-                            truth[task].append(predictor.labels[task].index(label))
-                            guess[task].append(predictor.labels[task].index(row[task]))
-                bar.update(len(rows))
+                            truth[task].append(list(labels[task]).index(label))
+                            guess[task].append(list(labels[task]).index(row[task]))
+                bar.update(len(group))
         writer.commit()
     finally:
         writer.close()
     seconds = time.perf_counter() - start
-    metrics = {task: classification_metrics(truth[task], guess[task], predictor.labels[task])
+    metrics = {task: classification_metrics(truth[task], guess[task], list(labels[task]))
                for task in TASKS if truth[task]}
     errors = sum(reasons.values())
-    summary = {"clips": len(jobs), "ok": len(jobs) - errors, "errors": errors, "reasons": dict(reasons),
-               "seconds": seconds, "clips_per_second": len(jobs) / seconds if seconds > 0 else math.inf,
+    summary = {"clips": total, "ok": total - errors, "errors": errors, "reasons": dict(reasons),
+               "seconds": seconds, "clips_per_second": total / seconds if seconds > 0 else math.inf,
                "metrics": metrics, "out": str(out)}
-    logger.info("%d clips: %d ok, %d errors%s in %.1f s (%.2f clips/s); wrote %s", len(jobs), summary["ok"],
+    logger.info("%d clips: %d ok, %d errors%s in %.1f s (%.2f clips/s); wrote %s", total, summary["ok"],
                 errors, "".join(f"; {n} {reason}" for reason, n in reasons.most_common(5)), seconds,
                 summary["clips_per_second"], out)
     return summary
