@@ -66,4 +66,5 @@ def ensemble_groups(predictors: Sequence[Predictor], member_jobs: Sequence[Seque
     labels = predictors[0].labels
     jobs = member_jobs[0]
     for start in range(0, len(jobs), batch_size):
-        yield [(job, averaged([rows[job.clip] for rows in by_member], labels)) for job in jobs[start:start + batch_size]]
+        yield [(job, averaged([rows[job.clip] for rows in by_member], labels))
+               for job in jobs[start:start + batch_size]]

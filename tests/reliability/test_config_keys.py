@@ -52,7 +52,8 @@ TRAIN_EFFECTS: dict[str, tuple[list[str], list[str]]] = {
 # Keys whose effect is not on two steps' weights, with the test that shows it.
 TRAIN_COVERED_ELSEWHERE = {
     "epochs": "tests/pipeline/train/test_train.py::test_early_stopping_and_validation_without_test_split",
-    "early_stopping_patience": "tests/pipeline/train/test_train.py::test_early_stopping_and_validation_without_test_split",
+    "early_stopping_patience": "tests/pipeline/train/test_train.py::"
+                               "test_early_stopping_and_validation_without_test_split",
     "unfreeze_after_epochs": "tests/pipeline/train/test_train.py::"
                              "test_progressive_unfreezing_trains_the_frozen_layers_from_the_set_epoch",
     "gradient_checkpointing": "tests/pipeline/test_model.py::test_gradient_checkpointing_reaches_the_text_encoder",
