@@ -1,10 +1,11 @@
 """What the benchmark scripts share: logging and threads at the start, the table and the
-wall time at the end."""
+wall time at the end, and the MELD benches' dev and test figures."""
 from __future__ import annotations
 
 import logging
 import time
-from typing import Iterable, Sequence
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 
@@ -29,3 +30,30 @@ def markdown_table(header: Sequence[str], rows: Iterable[Sequence[object]], alig
     rule = {"l": "---", "c": ":---:", "r": "---:"}
     return [f"| {' | '.join(header)} |", f"|{'|'.join(rule[a] for a in align)}|",
             *(f"| {' | '.join(str(cell) for cell in row)} |" for row in rows)]
+
+
+def meld_splits(csv_dir: Path) -> list[str]:
+    """The MELD splits whose CSVs ``csv_dir`` holds, of train, dev and test (test is optional)."""
+    return [split for split in ("train", "dev", "test") if (csv_dir / f"{split}_sent_emo.csv").is_file()]
+
+
+def emotion_figures(metrics: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """Accuracy, weighted and macro F1, and the F1 of each class, of a run's emotion metrics."""
+    if not metrics:
+        return None
+    emotion = metrics["emotion"]
+    return {"accuracy": emotion["accuracy"], "weighted_f1": emotion["weighted_f1"], "macro_f1": emotion["macro_f1"],
+            "per_class": {name: scores["f1"] for name, scores in emotion["per_class"].items()}}
+
+
+def dev_and_test(result: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The emotion figures of a ``pipeline.train`` result at its best epoch on dev, and of that
+    epoch's ``best.pt`` on test (None when the run had no test split)."""
+    return emotion_figures(result["epochs"][result["best_epoch"] - 1]["val"]), emotion_figures(result.get("test"))
+
+
+def per_class_lines(rows: Iterable[tuple[str, Mapping[str, Any], Mapping[str, Any] | None]]) -> list[str]:
+    """``name: class dev/test, ...`` per (name, dev figures, test figures) row."""
+    return [f"- {name}: " + ", ".join(f"{label} {dev['per_class'][label]:.2f}"
+                                      + (f"/{test['per_class'][label]:.2f}" if test else "")
+                                      for label in dev["per_class"]) for name, dev, test in rows]

@@ -1,10 +1,11 @@
-"""Dialogue models over cached utterance vectors on real MELD text, scored on the dev split.
+"""Dialogue models over cached utterance vectors on real MELD text, chosen on dev, scored on dev and test.
 
     python bench/meld_dialogue.py --meld-csv-dir ../shared/meld [--work-dir runs/bench_meld_dialogue]
         [--seeds 5] [--sources minilm,mpnet,finetuned] [--finetuned RUN/best.pt]
         [--contexts none,transformer,gru] [--threads N] [--quick] [key=value ...]
 
-Needs only MELD's ``train_sent_emo.csv`` and ``dev_sent_emo.csv``. For each source of
+Needs MELD's ``train_sent_emo.csv`` and ``dev_sent_emo.csv``, and reads ``test_sent_emo.csv``
+when the folder has it. For each source of
 vectors it builds a text-only cache with that source's tokenizer (``pipeline.preprocess``),
 runs the encoders once over it (``pipeline.embed``), then trains ``configs/meld_dialogue.yaml``
 on the vectors (``pipeline.train data.embeddings_dir=...``) once per dialogue model and seed:
@@ -15,9 +16,10 @@ on the vectors (``pipeline.train data.embeddings_dir=...``) once per dialogue mo
                no-context run of bench/meld_text.py): the two-stage recipe
 
 Each row reports, over the seeds, the mean +/- standard deviation and the best of the dev
-weighted F1, macro F1 and the F1 of fear and disgust at each run's best epoch, the minutes
-of the embedding pass and the seconds of one seed's training. Only the dev split is read;
-settings were chosen on dev, so the figures are tuned dev scores, not test estimates.
+weighted F1, macro F1 and the F1 of fear and disgust at each run's best epoch, and the test
+weighted and macro F1 of that epoch's ``best.pt`` (every class's F1 below the table), the
+minutes of the embedding pass and the seconds of one seed's training. Nothing is chosen on
+test; the table says how many test evaluations the command made.
 ``key=value`` overrides apply to every training run (e.g. ``train.epochs=10``).
 """
 from __future__ import annotations
@@ -50,6 +52,7 @@ log = logging.getLogger("bench.meld_dialogue")
 REPO = Path(__file__).resolve().parents[1]
 MODELS = {"minilm": "all-MiniLM-L6-v2", "mpnet": "all-mpnet-base-v2"}
 METRICS = ("weighted_f1", "macro_f1", "fear", "disgust")
+TEST_METRICS = ("test_weighted_f1", "test_macro_f1")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -94,8 +97,8 @@ def build_cache(args: argparse.Namespace, config: str, overrides: Sequence[str])
     key = hashlib.sha256(json.dumps(to_dict(pcfg), sort_keys=True).encode()).hexdigest()[:10]
     cache_dir = args.work_dir / f"cache-{key}"
     status = preprocess.main([str(args.meld_csv_dir), str(cache_dir), "--csv-dir", str(args.meld_csv_dir),
-                              "--splits", "train,dev", "--workers", str(args.workers), "--config", config,
-                              *overrides])
+                              "--splits", ",".join(common.meld_splits(args.meld_csv_dir)), "--workers",
+                              str(args.workers), "--config", config, *overrides])
     if status != 0:
         raise SystemExit(f"preprocessing {args.meld_csv_dir} into {cache_dir} failed")
     return cache_dir
@@ -134,7 +137,8 @@ def make_vectors(args: argparse.Namespace, source: str) -> dict[str, Any]:
         command = ["--config", str(config), *preprocess_overrides(args)]
         what = f"{MODELS[source]}, frozen"
     started = time.perf_counter()
-    status = embed.main(["--cache", str(cache), "--out", str(out), "--splits", "train,dev",
+    splits = ",".join(common.meld_splits(args.meld_csv_dir))
+    status = embed.main(["--cache", str(cache), "--out", str(out), "--splits", splits,
                          "--batch-size", str(args.batch_size), *command])
     if status != 0:
         raise SystemExit(f"the embedding pass of {source} failed")
@@ -164,19 +168,23 @@ def train_seed(args: argparse.Namespace, source: str, made: dict[str, Any], cont
     started = time.perf_counter()
     result = training.main(["--config", str(made["config"]), *args.overrides, f"data.cache_dir={made['cache']}",
                             f"data.embeddings_dir={made['vectors']}", f"output_dir={out_dir}",
-                            f"model.context.type={context}", f"train.seed={seed}", "data.test_split="])
+                            f"model.context.type={context}", f"train.seed={seed}",
+                            "data.test_split=test" if (Path(made["cache"]) / "test").is_dir() else "data.test_split="])
     seconds = time.perf_counter() - started
-    emotion = result["epochs"][result["best_epoch"] - 1]["val"]["emotion"]
+    dev, test = common.dev_and_test(result)
     shutil.rmtree(out_dir)  # its checkpoints hold the frozen encoder too
-    return {"weighted_f1": emotion["weighted_f1"], "macro_f1": emotion["macro_f1"],
-            "fear": emotion["per_class"]["fear"]["f1"], "disgust": emotion["per_class"]["disgust"]["f1"],
+    return {"weighted_f1": dev["weighted_f1"], "macro_f1": dev["macro_f1"], "fear": dev["per_class"]["fear"],
+            "disgust": dev["per_class"]["disgust"], "dev": dev, "test": test,
+            **({"test_weighted_f1": test["weighted_f1"], "test_macro_f1": test["macro_f1"]} if test else {}),
             "best_epoch": result["best_epoch"], "seconds": seconds, "seed": seed}
 
 
 def summary(runs: list[dict]) -> dict[str, Any]:
     """Mean, standard deviation and best of each metric over seeds."""
     row: dict[str, Any] = {"seeds": len(runs), "seconds": statistics.mean(r["seconds"] for r in runs)}
-    for key in METRICS:
+    for key in (*METRICS, *TEST_METRICS):
+        if key not in runs[0]:
+            continue
         values = [r[key] for r in runs]
         row[key] = (statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0, max(values))
     return row
@@ -190,11 +198,17 @@ def table(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
              f"{cfg.train.batch_size} utterances, lr {cfg.train.lr:g}."
              + (f" Overrides: {' '.join(args.overrides)}." if args.overrides else ""), ""]
     header = ["vectors", "dialogue model", "dev weighted F1", "dev macro F1", "fear F1", "disgust F1",
-              "embedding pass (min)", "training per seed (s)"]
+              "test weighted F1", "test macro F1", "embedding pass (min)", "training per seed (s)"]
     cells = ([row["what"], row["context"],
-              *(f"{row[key][0]:.3f} +/- {row[key][1]:.3f} ({row[key][2]:.3f})" for key in METRICS),
+              *(f"{row[key][0]:.3f} +/- {row[key][1]:.3f} ({row[key][2]:.3f})" if key in row else "-"
+                for key in (*METRICS, *TEST_METRICS)),
               f"{row['embed_minutes']:.1f}", f"{row['seconds']:.0f}"] for row in rows)
-    lines += common.markdown_table(header, cells, "llrrrrrr")
+    lines += common.markdown_table(header, cells, "llrrrrrrrr")
+    tested = sum(run["test"] is not None for row in rows for run in row["runs"])
+    lines += ["", f"Per-class F1 (dev{'/test' if tested else ''}) of each seed, at its best epoch on dev:",
+              *common.per_class_lines((f"{row['context']}, seed {run['seed']}", run["dev"], run["test"])
+                                      for row in rows for run in row["runs"]), "",
+              f"Test evaluations made by this command: {tested} (each seed's dev-chosen best.pt, once)."]
     return "\n".join(lines)
 
 

@@ -26,7 +26,7 @@ def test_meld_dialogue_bench_reports_each_row_over_its_seeds(tmp_path, tiny_text
                                                                               ("finetuned", "gru", 2)]
     for row in rows:
         assert len(row["runs"]) == 2
-        for key in ("weighted_f1", "macro_f1", "fear", "disgust"):
+        for key in ("weighted_f1", "macro_f1", "fear", "disgust", "test_weighted_f1", "test_macro_f1"):
             mean, std, best = row[key]
             values = [run[key] for run in row["runs"]]
             assert mean == pytest.approx(sum(values) / 2) and best == max(values) and std >= 0
@@ -35,6 +35,7 @@ def test_meld_dialogue_bench_reports_each_row_over_its_seeds(tmp_path, tiny_text
     first_pass = rows[0]["embed_minutes"]
     out = capsys.readouterr().out
     assert out.count("\n| ") == 1 + len(rows)
+    assert "Test evaluations made by this command: 4 (each seed's dev-chosen best.pt, once)." in out
     assert "Overrides: train.epochs=2 model.context.width=8." in out  # --quick adds the epochs
     # The vectors are up to date on a rerun, with the two-stage config too (the checkpoint
     # decides the encoder): the table still shows the pass that made them.

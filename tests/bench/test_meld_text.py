@@ -14,13 +14,24 @@ LINES = ("I am so happy.", "The train leaves at noon.", "I am very glad.", "Noon
          "The train.", "Very happy.")
 
 
-def write_csvs(folder) -> None:
-    """train: 4 dialogues of 7 turns (every emotion once each); dev: 1 such dialogue."""
-    for name, dialogues in (("train_sent_emo.csv", 4), ("dev_sent_emo.csv", 1)):
+def write_csvs(folder, test: bool = True) -> None:
+    """train: 4 dialogues of 7 turns (every emotion once each); dev: 1 such dialogue; test
+    (unless ``test`` is False): 2 dialogues of 5 turns, joy twice as often as any other."""
+    splits = [("train_sent_emo.csv", 4, list(EMOTIONS)), ("dev_sent_emo.csv", 1, list(EMOTIONS))]
+    if test:
+        splits.append(("test_sent_emo.csv", 2, ["joy", "joy", "anger", "fear", "neutral"]))
+    for name, dialogues, emotions in splits:
         rows = [{"Sr No.": 7 * d + u + 1, "Utterance": LINES[(u + d) % 7], "Speaker": ("Ross", "Monica")[u % 2],
-                 "Emotion": EMOTIONS[u], "Sentiment": "neutral", "Dialogue_ID": d, "Utterance_ID": u}
-                for d in range(dialogues) for u in range(7)]
+                 "Emotion": emotion, "Sentiment": "neutral", "Dialogue_ID": d, "Utterance_ID": u}
+                for d in range(dialogues) for u, emotion in enumerate(emotions)]
         write_meld_csv(folder / name, rows)
+
+
+def sklearn_figures(labels, predictions) -> dict:
+    per_class = f1_score(labels, predictions, labels=range(7), average=None, zero_division=0)
+    return {"accuracy": accuracy_score(labels, predictions),
+            "weighted_f1": f1_score(labels, predictions, labels=range(7), average="weighted", zero_division=0),
+            "macro_f1": per_class.mean(), "per_class": dict(zip(EMOTIONS, per_class))}
 
 
 def test_meld_text_bench_trains_and_reports_every_run(tmp_path, tiny_text_model, capsys):
@@ -38,20 +49,23 @@ def test_meld_text_bench_trains_and_reports_every_run(tmp_path, tiny_text_model,
     for row in rows:
         assert row["samples"] == 8 and 1 <= row["best_epoch"] <= row["run"].epochs
         assert all(0.0 <= row[key] <= 1.0 for key in ("accuracy", "weighted_f1", "macro_f1", "fear", "disgust"))
-    # Each row's figures are those of its best.pt on dev, recomputed by sklearn.
+    # Each row's figures are those of its best.pt on dev and on test, recomputed by sklearn.
     for row in rows:
         (cache,) = (tmp_path / "work").glob(f"cache-context{row['run'].context_turns}-*")
-        labels, predictions = emotion_predictions(
-            tmp_path / "work" / "runs" / row["run"].name.replace(" ", "_") / "best.pt", cache / "dev")
-        assert len(labels) == 7
-        per_class = f1_score(labels, predictions, labels=range(7), average=None, zero_division=0)
-        expected = {"accuracy": accuracy_score(labels, predictions),
-                    "weighted_f1": f1_score(labels, predictions, labels=range(7), average="weighted", zero_division=0),
-                    "macro_f1": per_class.mean(), "fear": per_class[EMOTIONS.index("fear")],
-                    "disgust": per_class[EMOTIONS.index("disgust")]}
-        assert {key: row[key] for key in expected} == pytest.approx(expected, abs=1e-9), row["run"].name
+        best = tmp_path / "work" / "runs" / row["run"].name.replace(" ", "_") / "best.pt"
+        for split, size in (("dev", 7), ("test", 10)):
+            labels, predictions = emotion_predictions(best, cache / split)
+            assert len(labels) == size
+            expected = sklearn_figures(labels, predictions)
+            got = row[split]
+            assert {key: got[key] for key in ("accuracy", "weighted_f1", "macro_f1")} == pytest.approx(
+                {key: expected[key] for key in ("accuracy", "weighted_f1", "macro_f1")}, abs=1e-9), row["run"].name
+            assert got["per_class"] == pytest.approx(expected["per_class"], abs=1e-9)
+        assert row["fear"] == row["dev"]["per_class"]["fear"] and row["weighted_f1"] == row["dev"]["weighted_f1"]
     out = capsys.readouterr().out
     assert out.count("\n| ") == 1 + len(rows)  # header row, then one row per run
+    assert "Test evaluations made by this command: 6 (each run's dev-chosen best.pt, once)." in out
+    assert out.count("\n- ") == len(rows) and "Per-class F1 (dev/test)" in out
     assert [row["run"].epochs for row in rows] == [1, 2, 1, 1, 1, 1]
     assert "| 2 context turns | 2 | sqrt_inverse | 2 | 8 |" in out
     assert f"Overrides: preprocess.text.model={tiny_text_model} train.batch_size=4." in out  # the table says what ran
