@@ -16,7 +16,7 @@ import re
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 from pipeline.labels import EMOTIONS, SENTIMENTS
 
@@ -123,6 +123,21 @@ def read_text(path: Path) -> str:
     return text
 
 
+def csv_rows(text: str, where: str, error: type[Exception]) -> Iterator[tuple[int, list[str]]]:
+    """(line number, fields) of each CSV row of ``text``; a row the csv module refuses (a field
+    over its 128 KiB limit, a stray quote at the end) raises ``error("<where>, line N: ...")``."""
+    reader = csv.reader(io.StringIO(text, newline=""))
+    while True:
+        line = reader.line_num + 1
+        try:
+            fields = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as err:
+            raise error(f"{where}, line {line}: {err}") from None
+        yield line, fields
+
+
 def read_csv(path: str | Path) -> list[MeldRow]:
     """The rows of a MELD CSV, in file order.
 
@@ -134,23 +149,15 @@ def read_csv(path: str | Path) -> list[MeldRow]:
     duplicate (Dialogue_ID, Utterance_ID).
     """
     path = Path(path)
-    text = read_text(path)
-    reader = csv.reader(io.StringIO(text, newline=""))
-    header = [name.strip() for name in next(reader, [])]
+    rows_read = csv_rows(read_text(path), str(path), MeldFormatError)
+    header = [name.strip() for name in next(rows_read, (1, []))[1]]
     missing = [name for name in COLUMNS if name not in header]
     if missing:
         raise MeldFormatError(f"{path}: missing columns {missing} (header: {header})")
     column = {name: header.index(name) for name in COLUMNS}
     rows: list[MeldRow] = []
     first_line: dict[str, int] = {}
-    while True:
-        line = reader.line_num + 1
-        try:
-            fields = next(reader)
-        except StopIteration:
-            break
-        except csv.Error as err:
-            raise MeldFormatError(f"{path}, line {line}: {err}") from None
+    for line, fields in rows_read:
         if not any(field.strip() for field in fields):
             continue
         if len(fields) < len(header):

@@ -7,14 +7,12 @@ dialogue model sees it alone.
 """
 from __future__ import annotations
 
-import csv
-import io
 import os
 import re
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 from pipeline.data import meld
 from pipeline.media.features import Utterance
@@ -75,21 +73,6 @@ class TranscriptTable:
         return found
 
 
-def csv_rows(path: Path, text: str) -> Iterator[tuple[int, list[str]]]:
-    """(line number, fields) of each CSV row of ``text``; a row the csv module refuses (a
-    field over its 128 KiB limit, a stray quote at the end) is an InputError naming the line."""
-    reader = csv.reader(io.StringIO(text, newline=""))
-    while True:
-        line = reader.line_num + 1
-        try:
-            fields = next(reader)
-        except StopIteration:
-            return
-        except csv.Error as err:
-            raise InputError(f"--transcripts {path}, line {line}: {err}") from None
-        yield line, fields
-
-
 def read_transcripts(path: Path, context_turns: int) -> TranscriptTable:
     """A MELD CSV (it has ``Dialogue_ID`` and ``Utterance_ID``) or a ``clip,text[,speaker]
     [,dialogue,turn]`` CSV.
@@ -100,7 +83,7 @@ def read_transcripts(path: Path, context_turns: int) -> TranscriptTable:
     if not path.is_file():
         raise InputError(f"--transcripts {path}: no such file")
     text = meld.read_text(path)  # UTF-8, with any cp1252 bytes read as such (and reported)
-    rows = csv_rows(path, text)
+    rows = meld.csv_rows(text, f"--transcripts {path}", InputError)
     header = [name.strip() for name in next(rows, (1, []))[1]]
     if {"Dialogue_ID", "Utterance_ID"} <= set(header):
         table = TranscriptTable(path, "MELD CSV")
