@@ -9,7 +9,7 @@ source scripts/python.sh
 
 "$PYTHON" -m pipeline.sample "$DIR/MELD.Raw" --clips-per-class 24 --seed 0 --workers 2 --overwrite
 bash scripts/preprocess_meld.sh "$DIR/MELD.Raw" "$DIR/cache" --workers 2 --config configs/demo.yaml
-"$PYTHON" -m pipeline.train --config configs/demo.yaml data.cache_dir="$DIR/cache" output_dir="$DIR/run"
+"$PYTHON" -m pipeline.train --config configs/demo.yaml data.cache_dir="$DIR/cache" output_dir="$DIR/run" train.overwrite=true
 "$PYTHON" -m pipeline.infer --checkpoint "$DIR/run/best.pt" \
     --clips "$DIR/MELD.Raw/output_repeated_splits_test" \
     --transcripts "$DIR/MELD.Raw/test_sent_emo.csv" --out "$DIR/predictions.jsonl"
