@@ -40,5 +40,9 @@ def test_a_rank_failing_in_evaluation_ends_the_job_with_its_error(tiny_meld_cach
     assert result.returncode != 0, output[-3000:]
     assert elapsed < JOB_TIMEOUT
     assert f"DamagedEntryError: {damaged}: unreadable cache entry (BadZipFile" in output, output[-3000:]
-    assert re.search(r"Root Cause \(first observed failure\):\s*\[0\]:.*?rank\s*: 1 ", output, re.S), output[-3000:]
+    # torchrun's summary blames the failing rank: its root cause is rank 1, or (the index of the
+    # entry and the order of near-simultaneous failures vary) holds rank 1's error itself
+    assert "Root Cause (first observed failure):" in output, output[-3000:]
+    root = output[output.rfind("Root Cause (first observed failure):"):]
+    assert (re.search(r"rank\s*: 1 ", root) or "DamagedEntryError" in root), output[-3000:]
     assert not (out / "last.pt").exists() and not (out / "best.pt").exists()  # nothing half-done saved
