@@ -94,10 +94,7 @@ def load_clip(path: str | os.PathLike, audio: AudioFeatures | None,
     if audio_pipe is not None:
         outputs.append(audio_output(path, audio, duration, f"pipe:{audio_pipe[1]}", info.audio_stream))
     command = ["ffmpeg", *FFMPEG_GLOBAL_ARGS, *ffmpeg.get_args(ffmpeg.merge_outputs(*outputs))]
-    try:
-        stdout, audio_bytes, stderr, returncode = run_ffmpeg(command, audio_pipe)
-    except subprocess.TimeoutExpired:
-        raise ClipError(path, f"timed out: decoding ran over {DECODE_SECONDS:.0f} s") from None
+    stdout, audio_bytes, stderr, returncode = run_ffmpeg(command, audio_pipe, path)
     if returncode != 0:
         raise ClipError(path, "unreadable: " + last_line(stderr, path))
     # ffmpeg exits 0 on a file whose data ends early (it reports errors and stops), so a
@@ -164,10 +161,7 @@ def resample_if_misled(path: Path, decoded: np.ndarray, duration: float, num_fra
                    "asked for); sampling the frames over the %.2f s decoded", path.name, duration, span,
                    len(decoded), num_frames, span)
     command = ["ffmpeg", *FFMPEG_GLOBAL_ARGS, *ffmpeg.get_args(video_output(path, span, num_frames, size, crop))]
-    try:
-        stdout, _, stderr, returncode = run_ffmpeg(command, None)
-    except subprocess.TimeoutExpired:
-        raise ClipError(path, f"timed out: decoding ran over {DECODE_SECONDS:.0f} s") from None
+    stdout, _, stderr, returncode = run_ffmpeg(command, None, path)
     return parse_ppm_stream(stdout) if returncode == 0 else decoded
 
 
@@ -208,12 +202,12 @@ def audio_output(path: Path, audio: AudioFeatures, duration: float, target: str,
     return ffmpeg.output(mono, target, format="f32le", acodec="pcm_f32le", t=f"{audio.max_seconds:.3f}")
 
 
-def run_ffmpeg(command: list[str], audio_pipe: tuple[int, int] | None) -> tuple[bytes, bytes, bytes, int]:
+def run_ffmpeg(command: list[str], audio_pipe: tuple[int, int] | None, path: Path) -> tuple[bytes, bytes, bytes, int]:
     """Run ffmpeg (argument list, no shell) and read stdout, stderr and the extra audio pipe
     at the same time, so that no full pipe ever blocks ffmpeg. ``audio_pipe`` is the
     (read, write) pair of ``os.pipe()`` whose write end the command names as ``pipe:N``.
-    Returns (stdout, audio bytes, stderr, exit status); raises subprocess.TimeoutExpired
-    when ffmpeg runs over DECODE_SECONDS (it is killed: a hung ffmpeg never hangs the run)."""
+    Returns (stdout, audio bytes, stderr, exit status); raises ClipError for clip ``path`` when
+    ffmpeg runs over DECODE_SECONDS (it is killed: a hung ffmpeg never hangs the run)."""
     audio_file = None
     try:
         process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -253,7 +247,7 @@ def run_ffmpeg(command: list[str], audio_pipe: tuple[int, int] | None) -> tuple[
         if audio_file is not None:
             audio_file.close()
     if timed_out.is_set():
-        raise subprocess.TimeoutExpired(command, DECODE_SECONDS)
+        raise ClipError(path, f"timed out: decoding ran over {DECODE_SECONDS:.0f} s")
     return stdout, results.get("audio", b""), results["stderr"], process.returncode
 
 
