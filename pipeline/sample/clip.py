@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import tempfile
 import threading
 from fractions import Fraction
 from pathlib import Path
@@ -79,7 +80,10 @@ def make_clip(path: str | Path, emotion: str, seed: int, duration: float, width:
     if audio:
         command += ["-map", f"{1 if video else 0}:a", "-c:a", "aac", "-aac_coder", "fast",
                     "-b:a", AUDIO_BITRATE, "-flags:a", "+bitexact"]
-    tmp_path = path.with_name(f".{path.name}.tmp")
+    # a new file of its own (a unique name, created exclusively): ffmpeg never writes through a planted link
+    descriptor, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(descriptor)
+    tmp_path = Path(tmp_name)
     command += ["-filter_threads", "1", "-fflags", "+bitexact", "-map_metadata", "-1",
                 "-f", "mp4", str(tmp_path)]
     try:

@@ -4,10 +4,13 @@ ends, ``"hh:mm:ss,ms"`` times, as the real release)."""
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import numpy as np
+
+from pipeline.writing import write_text_atomic
 
 MELD_COLUMNS: tuple[str, ...] = (
     "Sr No.", "Utterance", "Speaker", "Emotion", "Sentiment", "Dialogue_ID", "Utterance_ID",
@@ -104,11 +107,12 @@ def write_meld_csv(path: str | Path, rows: Iterable[Mapping[str, Any]]) -> Path:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=MELD_COLUMNS, lineterminator="\r\n", restval="")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow(row)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=MELD_COLUMNS, lineterminator="\r\n", restval="")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow(row)
+    write_text_atomic(path, text.getvalue())
     return path
 
 
