@@ -39,7 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.config import PreprocessConfig, to_dict  # noqa: E402
 from pipeline.data import cache_writer  # noqa: E402
-from pipeline.media.features import Utterance, log_mel  # noqa: E402
+from pipeline.media.features import log_mel  # noqa: E402
+from pipeline.media.text import Utterance  # noqa: E402
 from pipeline.preprocess.run import Task, Worker  # noqa: E402
 from pipeline.sample.clip import make_clip  # noqa: E402
 

@@ -109,7 +109,8 @@ def load_tokenizer(name: str):
 class HFTextEncoder(nn.Module):
     """Hugging Face encoder over token ids.
 
-    Input ``{"input_ids": Long[B,L], "attention_mask": Long[B,L], "mask": Bool[B]}``;
+    Input ``{"input_ids": Long[B,L], "attention_mask": Long[B,L], "mask": Bool[B]}`` (and
+    ``target_mask`` Long[B,L] for ``pooling: target``);
     output ``pooled`` [B,D], ``sequence`` [B,L,D] (last hidden states) and
     ``sequence_mask`` [B,L] (attention mask of present samples).
     """
@@ -117,7 +118,9 @@ class HFTextEncoder(nn.Module):
     @dataclass
     class Config:
         model: str = ""  # HF name or folder; "" = preprocess.text.model (the packaged MiniLM by default)
-        pooling: Literal["cls", "pooler", "mean"] = "mean"
+        # "target": the mean over the target utterance's own tokens (its ``target_mask``),
+        # leaving out the dialogue turns preprocessing put around it
+        pooling: Literal["cls", "pooler", "mean", "target"] = "mean"
         freeze_layers: int = 0  # embeddings + bottom N transformer layers frozen; -1 = all frozen
         dropout: float = 0.1  # on the encoder outputs (pooled and sequence)
         pretrained: bool = True  # False = random init from the model's config (tests, ablations)
@@ -186,7 +189,11 @@ class HFTextEncoder(nn.Module):
         elif self.cfg.pooling == "pooler":
             pooled = out.pooler_output
         else:
-            weights = attention_mask.unsqueeze(-1).to(sequence.dtype)
+            if self.cfg.pooling == "target" and "target_mask" not in inputs:
+                raise ValueError("pooling: 'target' needs target masks, which caches made before them lack; "
+                                 "preprocess the cache again (or use pooling 'mean')")
+            weights = inputs["target_mask" if self.cfg.pooling == "target" else "attention_mask"]
+            weights = weights.unsqueeze(-1).to(sequence.dtype)
             pooled = (sequence * weights).sum(1) / weights.sum(1).clamp(min=1.0)
         sequence_mask = attention_mask.bool()
         if "mask" in inputs:

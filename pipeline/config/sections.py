@@ -22,11 +22,16 @@ class TextFeatures:
     model: str = DEFAULT_TEXT_MODEL  # tokenizer source: HF name, local folder, or the packaged MiniLM
     max_length: int = 128
     context_turns: int = 0  # previous utterances of the dialogue, with speaker names
+    context_after: int = 0  # following utterances of the dialogue, with speaker names
+    # How the target stands out from the dialogue around it (pipeline/media/text.py):
+    # "segment", the first of two segments; "markers", in dialogue order between separators
+    target_marking: Literal["segment", "markers"] = "segment"
     speaker: bool = True  # prefix the utterance with "Speaker: "
 
     def __post_init__(self) -> None:
         require(self.max_length >= 8, "max_length", f"must be >= 8, got {self.max_length}")
         require(self.context_turns >= 0, "context_turns", f"must be >= 0, got {self.context_turns}")
+        require(self.context_after >= 0, "context_after", f"must be >= 0, got {self.context_after}")
 
 
 @dataclass

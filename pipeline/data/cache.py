@@ -6,7 +6,8 @@ Layout of ``OUT_DIR/<split>/``::
     meta.json        {"format", "version", "split", "preprocess": {...}, "key": sha256}
     ids.json         every id the split expects (CSV rows, then unlabelled clips), in order
     items/<id>.npz   the arrays of an ok sample (np.savez, no pickles): input_ids int32[L],
-                     attention_mask int8[L], log_mel float32[T,n_mels], waveform int16[S]
+                     attention_mask int8[L], target_mask int8[L] (absent in caches made
+                     before it), log_mel float32[T,n_mels], waveform int16[S]
                      (with audio.waveform), frames uint8[N,H,W,3] (only the present
                      modalities' arrays)
     status/<id>.json the manifest row of a finished id (ok or skipped, with its reason, and
@@ -78,7 +79,7 @@ def key_params(preprocess: Mapping[str, Any]) -> dict[str, Any]:
     """The parameters as the key reads them. A parameter added after caches were first made,
     at the value that reproduces those caches, is written as they wrote it: ``audio.waveform``
     false is left out, ``video.face_crop`` none / opencv is the boolean false / true it once
-    was. So a cache made before either existed keeps its key. Audio caches carry
+    was, ``text.context_after`` 0 with ``text.target_marking`` segment is left out. So a cache made before either existed keeps its key. Audio caches carry
     ``audio.downmix``: the log-mels of caches made before multichannel audio was downmixed
     to the mean of its channels (media.audio_output) differ, so those caches no longer match."""
     params = json.loads(json.dumps(preprocess))
@@ -89,6 +90,9 @@ def key_params(preprocess: Mapping[str, Any]) -> dict[str, Any]:
         del audio["waveform"]
     if isinstance(video, dict) and video.get("face_crop") in ("none", "opencv"):
         video["face_crop"] = video["face_crop"] == "opencv"
+    text = params.get("text")
+    if isinstance(text, dict) and text.get("context_after") == 0 and text.get("target_marking") == "segment":
+        del text["context_after"], text["target_marking"]
     return params
 
 

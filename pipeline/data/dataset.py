@@ -87,6 +87,8 @@ def make_item(id_: str, arrays: Mapping[str, np.ndarray], present: Collection[st
             item["text"] = {"input_ids": torch.from_numpy(arrays["input_ids"].astype(np.int64)),
                             "attention_mask": torch.from_numpy(arrays["attention_mask"].astype(np.int64)),
                             "present": True}
+            if "target_mask" in arrays:  # absent in caches made before target masks
+                item["text"]["target_mask"] = torch.from_numpy(arrays["target_mask"].astype(np.int64))
         else:
             item["text"] = {"input_ids": torch.zeros(0, dtype=torch.long),
                             "attention_mask": torch.zeros(0, dtype=torch.long), "present": False}
@@ -118,7 +120,8 @@ def collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Stack items into the SPEC batch: token ids and log-mels padded with zeros to the
     longest in the batch (log-mel to at least MIN_AUDIO_FRAMES), masks True where present.
 
-    text  {input_ids Long[B,L], attention_mask Long[B,L], mask Bool[B]}
+    text  {input_ids Long[B,L], attention_mask Long[B,L], mask Bool[B]} and target_mask
+          Long[B,L] when every present sample has one
     audio {log_mel Float[B,T,n_mels], lengths Long[B] (frames), mask Bool[B]; and where the
            cache stores it waveform Float[B,S] (16 kHz), waveform_lengths Long[B] (samples)}
     video {frames Uint8[B,N,3,H,W], mask Bool[B]}
@@ -147,6 +150,8 @@ def collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
         batch["text"] = {"input_ids": pad_stack([t["input_ids"] for t in texts], length),
                          "attention_mask": pad_stack([t["attention_mask"] for t in texts], length),
                          "mask": torch.tensor([t["present"] for t in texts], dtype=torch.bool)}
+        if all("target_mask" in t or not t["present"] for t in texts) and any("target_mask" in t for t in texts):
+            batch["text"]["target_mask"] = pad_stack([t.get("target_mask", t["attention_mask"]) for t in texts], length)
     if "audio" in items[0] and "audio" not in embedded:
         audios = [item["audio"] for item in items]
         lengths = torch.tensor([len(audio["log_mel"]) for audio in audios], dtype=torch.long)

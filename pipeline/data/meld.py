@@ -204,3 +204,17 @@ def dialogue_context(rows: Iterable[MeldRow], turns: int) -> dict[str, tuple[tup
             earlier = members[max(0, i - turns): i] if turns else []
             context[row.id] = tuple((other.speaker, other.utterance) for other in earlier)
     return context
+
+
+def dialogue_following(rows: Iterable[MeldRow], turns: int) -> dict[str, tuple[tuple[str, str], ...]]:
+    """For each row id, the (speaker, utterance) of up to ``turns`` later rows of the same
+    dialogue (by Utterance_ID), nearest first."""
+    dialogues: dict[int, list[MeldRow]] = defaultdict(list)
+    for row in rows:
+        dialogues[row.dialogue_id].append(row)
+    following = {}
+    for members in dialogues.values():
+        members.sort(key=lambda row: row.utterance_id)
+        for i, row in enumerate(members):
+            following[row.id] = tuple((other.speaker, other.utterance) for other in members[i + 1: i + 1 + turns])
+    return following

@@ -17,7 +17,8 @@ from pipeline.config import PreprocessConfig, from_dict
 from pipeline.data.dialogues import group_dialogues
 from pipeline.infer.transcripts import SidecarError, TranscriptTable, read_sidecar
 from pipeline.media.decode import ClipError
-from pipeline.media.features import Utterance, extract_features, single_threaded_process
+from pipeline.media.features import extract_features, single_threaded_process
+from pipeline.media.text import Utterance
 from pipeline.workers import Lost, WorkerPool
 
 logger = logging.getLogger("pipeline.infer")

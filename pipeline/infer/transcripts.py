@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Sequence
 
 from pipeline.data import meld
-from pipeline.media.features import Utterance
+from pipeline.media.text import Utterance
 
 SIDECAR_EXTENSIONS = (".srt", ".txt")  # looked up in this order next to each clip
 MAX_SIDECAR_BYTES = 1 << 20  # a clip's transcript file beyond this is an error row, never read whole
@@ -73,12 +73,13 @@ class TranscriptTable:
         return found
 
 
-def read_transcripts(path: Path, context_turns: int) -> TranscriptTable:
+def read_transcripts(path: Path, context_turns: int, context_after: int = 0) -> TranscriptTable:
     """A MELD CSV (it has ``Dialogue_ID`` and ``Utterance_ID``) or a ``clip,text[,speaker]
     [,dialogue,turn]`` CSV.
 
     MELD rows are read by ``meld.read_csv`` and get ``meld.dialogue_context`` with
-    ``context_turns`` (the checkpoint's ``preprocess.text.context_turns``), as in preprocessing.
+    ``context_turns`` and ``meld.dialogue_following`` with ``context_after`` (the checkpoint's
+    ``preprocess.text`` values), as in preprocessing.
     """
     if not path.is_file():
         raise InputError(f"--transcripts {path}: no such file")
@@ -89,8 +90,9 @@ def read_transcripts(path: Path, context_turns: int) -> TranscriptTable:
         table = TranscriptTable(path, "MELD CSV")
         utterances = meld.read_csv(path)
         context = meld.dialogue_context(utterances, context_turns)
+        following = meld.dialogue_following(utterances, context_after)
         for row in utterances:
-            table.add(row.id, Transcript(Utterance(row.utterance, row.speaker, context[row.id]),
+            table.add(row.id, Transcript(Utterance(row.utterance, row.speaker, context[row.id], following[row.id]),
                                          row.emotion, row.sentiment, f"dialogue:{row.dialogue_id}",
                                          row.utterance_id))
         return table

@@ -4,6 +4,7 @@
 
     input_ids       int32[L]          tokens of "Speaker: utterance" [+ dialogue context]
     attention_mask  int8[L]
+    target_mask     int8[L]           1 on the utterance's own tokens (see media/text.py)
     log_mel         float32[T, n_mels] VGGish frontend on 16 kHz mono, T <= 100 * max_seconds
     waveform        int16[S]           (audio.waveform only) the 16 kHz mono samples times
                                        WAVEFORM_SCALE, S <= sample_rate * max_seconds
@@ -17,34 +18,19 @@ from __future__ import annotations
 import functools
 import math
 import os
-from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 import torchaudio
 
-from pipeline.config import AudioFeatures, PreprocessConfig, TextFeatures
+from pipeline.config import AudioFeatures, PreprocessConfig
 from pipeline.media.decode import ClipError, load_clip
+from pipeline.media.text import Utterance, text_arrays
 
-# MELD's older CSVs hold cp1252 bytes decoded as Latin-1: U+0092 where "’" was meant.
-# These code points (C1 controls) never occur in real text, so each is mapped to the
-# cp1252 character of the same byte; everything else is left alone.
-CP1252_UNASSIGNED = (0x81, 0x8D, 0x8F, 0x90, 0x9D)
-CP1252_REPAIR = {code: bytes([code]).decode("cp1252")
-                 for code in range(0x80, 0xA0) if code not in CP1252_UNASSIGNED}
 # The cached waveform is 16-bit PCM: float samples in [-1, 1] times this, rounded. Half the
 # size of float32 and exact to 1.5e-5, below the noise floor of MELD's AAC audio.
 WAVEFORM_SCALE = 32767
-
-
-@dataclass(frozen=True)
-class Utterance:
-    """The text of one sample: what was said, by whom, after which turns."""
-
-    text: str
-    speaker: str = ""
-    context: tuple[tuple[str, str], ...] = ()  # (speaker, text) of earlier turns, oldest first
 
 
 def single_threaded_process() -> None:
@@ -53,52 +39,6 @@ def single_threaded_process() -> None:
     process (a bench that trains right after preprocessing would train on one thread)."""
     torch.set_num_threads(1)
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
-
-
-# --------------------------------------------------------------------------- text
-def normalize_text(text: str) -> str:
-    """Repair MELD's cp1252 mojibake (``\\x92`` -> ``’``, ``\\x85`` -> ``…``) and collapse
-    whitespace (including no-break spaces and newlines) to single spaces."""
-    return " ".join(text.translate(CP1252_REPAIR).split())
-
-
-def speaker_turn(speaker: str, text: str) -> str:
-    """ "Speaker: text" (just the text when the speaker is unknown), normalised."""
-    speaker, text = normalize_text(speaker), normalize_text(text)
-    return f"{speaker}: {text}".rstrip() if speaker else text
-
-
-def build_text(utterance: str, speaker: str, context: Sequence[tuple[str, str]],
-               text_cfg: TextFeatures) -> tuple[str, list[str]]:
-    """The target text and the context turns to tokenise.
-
-    Returns ("Speaker: utterance" (or just the utterance when ``text_cfg.speaker`` is off),
-    the last ``context_turns`` turns of ``context`` as "Speaker: text", newest first, so
-    that truncating the context from its end drops the oldest turns).
-    """
-    target = speaker_turn(speaker if text_cfg.speaker else "", utterance)
-    recent = list(context)[-text_cfg.context_turns:] if text_cfg.context_turns else []
-    return target, [speaker_turn(who, said) for who, said in reversed(recent)]
-
-
-def tokenize(target: str, context: Sequence[str], tokenizer: Any,
-             max_length: int) -> tuple[np.ndarray, np.ndarray]:
-    """Token ids int32[L] and attention mask int8[L], L <= ``max_length``.
-
-    The context turns, joined by the tokenizer's separator, are the second segment and
-    are truncated first (``only_second``), so the target utterance is never cut unless it
-    is longer than ``max_length`` by itself (then the context is dropped).
-    """
-    second = None
-    if context:
-        separator = tokenizer.sep_token or tokenizer.eos_token or "|"
-        target_tokens = len(tokenizer(target, add_special_tokens=False)["input_ids"])
-        if target_tokens + tokenizer.num_special_tokens_to_add(pair=True) < max_length:
-            second = f" {separator} ".join(context)
-    encoded = tokenizer(target, second, truncation="only_second" if second else True,
-                        max_length=max_length)
-    return (np.asarray(encoded["input_ids"], dtype=np.int32),
-            np.asarray(encoded["attention_mask"], dtype=np.int8))
 
 
 # --------------------------------------------------------------------------- audio
@@ -162,9 +102,7 @@ def extract_features(clip_path: str | os.PathLike | None, text: str | Utterance 
     modalities: list[str] = []
     if "text" in pcfg.modalities and text is not None:
         utterance = text if isinstance(text, Utterance) else Utterance(text)
-        target, context = build_text(utterance.text, utterance.speaker, utterance.context, pcfg.text)
-        arrays["input_ids"], arrays["attention_mask"] = tokenize(target, context, tokenizer,
-                                                                 pcfg.text.max_length)
+        arrays.update(text_arrays(utterance, pcfg.text, tokenizer))
         modalities.append("text")
     want_audio, want_video = "audio" in pcfg.modalities, "video" in pcfg.modalities
     if clip_path is not None and (want_audio or want_video):

@@ -20,7 +20,8 @@ from tqdm import tqdm
 from pipeline.config import PreprocessConfig, from_dict, to_dict
 from pipeline.data import cache, cache_writer, meld
 from pipeline.media.decode import ClipError
-from pipeline.media.features import Utterance, extract_features, normalize_text, single_threaded_process
+from pipeline.media.features import extract_features, single_threaded_process
+from pipeline.media.text import Utterance, normalize_text
 from pipeline.workers import Lost, WorkerPool
 
 logger = logging.getLogger(__name__)
@@ -58,26 +59,30 @@ def plan_split(split: str, csv_path: Path, clip_dir: Path | None, split_dir: Pat
     """(a task per CSV row, a "no label" row per clip on disk that no row names)."""
     rows = meld.read_csv(csv_path)
     context = meld.dialogue_context(rows, pcfg.text.context_turns)
+    following = meld.dialogue_following(rows, pcfg.text.context_after)
     tasks = []
     for row in rows:
         clip = clip_dir / f"{row.id}.mp4" if clip_dir is not None else None
-        entry = {**manifest_row(split, row), "source": source_of(row, context[row.id], clip)}
+        entry = {**manifest_row(split, row), "source": source_of(row, context[row.id], clip, following[row.id])}
         tasks.append(Task(str(split_dir), entry, str(clip) if clip is not None else None,
-                          Utterance(row.utterance, row.speaker, context[row.id])))
+                          Utterance(row.utterance, row.speaker, context[row.id], following[row.id])))
     labelled = {row.id for row in rows}
     extras = [] if clip_dir is None else [
         unlabelled_row(split, clip_id) for clip_id in meld.clip_files(clip_dir) if clip_id not in labelled]
     return tasks, extras
 
 
-def source_of(row: meld.MeldRow, context: Sequence[tuple[str, str]], clip: Path | None) -> dict[str, Any]:
+def source_of(row: meld.MeldRow, context: Sequence[tuple[str, str]], clip: Path | None,
+              following: Sequence[tuple[str, str]] = ()) -> dict[str, Any]:
     """What an entry was made from, stored in its manifest row (``source``): a hash of its CSV
-    row as read (text, speaker, labels, ids, and the dialogue context it is tokenised with)
+    row as read (text, speaker, labels, ids, and the dialogue turns it is tokenised with)
     and its clip's size and modification time (None: no clip on disk). An entry whose source
     differs on a rerun (a corrected label or text, a clip added, replaced or repaired) is
     made again; the parameters are the cache's key (meta.json)."""
     fields = [row.dialogue_id, row.utterance_id, row.speaker, row.utterance, row.emotion, row.sentiment,
               [list(turn) for turn in context]]
+    if following:  # left out when empty: the sources of caches made before context_after keep their hash
+        fields.append([list(turn) for turn in following])
     source: dict[str, Any] = {
         "row": hashlib.sha256(json.dumps(fields, ensure_ascii=False).encode("utf-8")).hexdigest()[:16]}
     if clip is not None:

@@ -7,7 +7,8 @@ import torch
 
 from pipeline.config import AudioFeatures, PreprocessConfig, TextFeatures, VideoFeatures
 from pipeline.media.decode import ClipError
-from pipeline.media.features import Utterance, build_text, extract_features, log_mel, normalize_text, tokenize
+from pipeline.media.features import extract_features, log_mel
+from pipeline.media.text import Utterance, build_text, normalize_text, tokenize
 from tests.pipeline.meld_fixtures import make_clip, save_tokenizer
 
 torch.set_num_threads(1)
@@ -85,7 +86,7 @@ def test_extract_features_text_only(tokenizer):
     pcfg = PreprocessConfig(modalities=["text"], text=TextFeatures(context_turns=1))
     arrays, modalities = extract_features(None, Utterance("I\x92m fine", "Joey", (("Monica", "Okay"),)),
                                           pcfg, tokenizer)
-    assert modalities == ["text"] and set(arrays) == {"input_ids", "attention_mask"}
+    assert modalities == ["text"] and set(arrays) == {"input_ids", "attention_mask", "target_mask"}
     assert tokenizer.decode(arrays["input_ids"].tolist()) == "[CLS] joey : i ’ m fine [SEP] monica : okay [SEP]"
     plain, _ = extract_features(None, "how you doin", pcfg, tokenizer)
     assert tokenizer.convert_ids_to_tokens(plain["input_ids"].tolist()) == ["[CLS]", "how", "you", "doin", "[SEP]"]

@@ -16,7 +16,7 @@ import torch
 from pipeline import preprocess
 from pipeline.data.cache import CacheSplit
 from pipeline.data.meld import CSV_NAMES
-from pipeline.media.features import normalize_text
+from pipeline.media.text import normalize_text
 from pipeline.preprocess.run import in_shard
 from tests.pipeline.meld_fixtures import FAULTS, make_meld_tree, save_tokenizer
 
@@ -101,10 +101,11 @@ def test_feature_shapes_and_dtypes(reference):
         assert reader.preprocess["video"]["num_frames"] == 4
         for row in reader.records:
             arrays = reader.load(row["id"])
-            expected = {"text": {"input_ids", "attention_mask"}, "audio": {"log_mel"}, "video": {"frames"}}
+            expected = {"text": {"input_ids", "attention_mask", "target_mask"}, "audio": {"log_mel"}, "video": {"frames"}}
             assert set(arrays) == set().union(*(expected[m] for m in row["modalities"])), row["id"]
             assert arrays["input_ids"].dtype == np.int32 and arrays["attention_mask"].dtype == np.int8
             assert arrays["input_ids"].shape == arrays["attention_mask"].shape
+            assert arrays["target_mask"].dtype == np.int8 and arrays["target_mask"].shape == arrays["input_ids"].shape
             if "audio" in row["modalities"]:
                 log_mel = arrays["log_mel"]
                 assert log_mel.dtype == np.float32 and log_mel.shape[1] == 64
@@ -226,7 +227,7 @@ def test_text_only_cache_from_the_csvs_alone(tree, tmp_path):
     rows = manifest(out, "dev")
     assert list(rows) == tree["dev_ids"]  # no clip folder: no unlabelled rows either
     assert all(row["status"] == "ok" and row["modalities"] == ["text"] for row in rows.values())
-    assert set(CacheSplit(out / "dev").load(FAULTS["missing"])) == {"input_ids", "attention_mask"}
+    assert set(CacheSplit(out / "dev").load(FAULTS["missing"])) == {"input_ids", "attention_mask", "target_mask"}
 
 
 def test_explicit_paths_and_missing_inputs(tree, tmp_path, caplog):
