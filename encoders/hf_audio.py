@@ -1,5 +1,7 @@
 """Audio encoder: a Hugging Face speech encoder of the wav2vec2 family over the raw waveform
-(wav2vec2, HuBERT, WavLM, data2vec-audio), by hub name or local folder.
+(wav2vec2, HuBERT, WavLM, data2vec-audio), by hub name or local folder. A Whisper model
+(``openai/whisper-small``) is accepted too: it is built as ``type: whisper``'s encoder
+(:class:`encoders.whisper.WhisperAudioEncoder`) with the sizes of its config.json.
 
 Names resolve offline only (:func:`resolve_audio_model`): a folder, or a snapshot already in
 the Hugging Face cache; nothing is ever downloaded. The waveform is prepared as the model's
@@ -11,13 +13,14 @@ clip's outputs are thus the same alone or in any batch, for every model.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from encoders import check_pretrained_fields, register, waveform_lengths
+from encoders import ENCODERS, check_pretrained_fields, register, waveform_lengths
 
 SAMPLE_RATE = 16_000
 # Training-time noise that would leave parameters without gradients in a step (layers
@@ -30,9 +33,10 @@ class AudioModelNotFoundError(FileNotFoundError):
     """An audio model name is neither a folder nor in the local Hugging Face cache."""
 
 
-def resolve_audio_model(name: str) -> str:
+def resolve_audio_model(name: str, key: str = "model") -> str:
     """The local folder holding Hugging Face speech model ``name``: an existing folder as is,
-    any other name looked up in the Hugging Face cache with ``local_files_only=True``."""
+    any other name looked up in the Hugging Face cache with ``local_files_only=True``.
+    ``key`` is the config field that names the model (for the error message)."""
     if not name:
         raise AudioModelNotFoundError("hf_audio needs model: a Hugging Face speech encoder's name "
                                       "(e.g. facebook/wav2vec2-base) or a local folder")
@@ -50,9 +54,9 @@ def resolve_audio_model(name: str) -> str:
         raise AudioModelNotFoundError(
             f"audio model {name!r} is not a folder and not in the local Hugging Face cache "
             f"({constants.HF_HUB_CACHE}); models are never downloaded during a run. Download it once "
-            f"with `huggingface-cli download {name}` (needs network), then rerun; or set the model "
-            f"to a local folder holding config.json, the weights and preprocessor_config.json "
-            f"(`model: /path/to/folder`). Cause: {err}") from err
+            f"with `huggingface-cli download {name}` (needs network), then rerun; or set {key} to a "
+            f"local folder holding config.json, the weights and, for a wav2vec2-style model, "
+            f"preprocessor_config.json (`{key}: /path/to/folder`). Cause: {err}") from err
 
 
 @register("hf_audio")
@@ -71,13 +75,26 @@ class HFAudioEncoder(nn.Module):
 
     @dataclass
     class Config:
-        model: str = ""  # HF name (e.g. facebook/wav2vec2-base) or folder, resolved offline
+        model: str = ""  # HF name (e.g. facebook/wav2vec2-base, openai/whisper-small) or folder, resolved offline
         freeze_layers: int = 0  # feature encoder + bottom N transformer layers frozen; -1 = all frozen
         dropout: float = 0.1  # on the encoder outputs (pooled and sequence)
         pretrained: bool = True  # False = random init from the model's config (tests, ablations)
 
         def __post_init__(self) -> None:
             check_pretrained_fields(self.freeze_layers, self.dropout)
+
+    def __new__(cls, cfg: Config | None = None, load_weights: bool = True) -> nn.Module:
+        """A Whisper model (config.json ``model_type: whisper``) is built as type whisper's
+        encoder (:meth:`encoders.whisper.WhisperAudioEncoder.from_hf_folder`), with the sizes its
+        config.json gives: the same forward pass (no padding to 30 s), the same checkpoint keys.
+        Any other model is this class. (``cfg`` is None where copy or pickle recreate an instance.)"""
+        if cfg is not None:
+            folder = Path(resolve_audio_model(cfg.model))
+            if model_type(folder) == "whisper":
+                whisper = ENCODERS["whisper"]  # by the registry: encoders.whisper imports this module
+                return whisper.from_hf_folder(folder, load_weights, freeze_layers=cfg.freeze_layers,
+                                              dropout=cfg.dropout, pretrained=cfg.pretrained)
+        return super().__new__(cls)
 
     def __init__(self, cfg: Config, load_weights: bool = True) -> None:
         """``load_weights=False`` builds the architecture only (the caller loads a checkpoint)."""
@@ -97,8 +114,7 @@ class HFAudioEncoder(nn.Module):
         if not all(hasattr(self.model, name) for name in ("feature_extractor", "feature_projection", "encoder",
                                                           "_get_feat_extract_output_lengths")):
             raise ValueError(f"hf_audio reads speech encoders of the wav2vec2 family (wav2vec2, HuBERT, WavLM, "
-                             f"data2vec-audio); {cfg.model} is a {type(self.model).__name__}"
-                             + (" (use type: whisper for Whisper)" if config.model_type == "whisper" else ""))
+                             f"data2vec-audio) and Whisper; {cfg.model} is a {type(self.model).__name__}")
         try:
             extractor = AutoFeatureExtractor.from_pretrained(folder)
         except OSError as err:
@@ -187,6 +203,15 @@ class HFAudioEncoder(nn.Module):
         padding = next(iter(hidden.values())).new_zeros(length, self.out_dim)
         return torch.stack([torch.cat([hidden[index], padding[len(hidden[index]):]]) if index in hidden
                             else padding for index in range(len(values))])
+
+
+def model_type(folder: Path) -> str | None:
+    """The ``model_type`` of the config.json in ``folder``; None when there is none to read."""
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return config.get("model_type") if isinstance(config, dict) else None
 
 
 def receptive_field(kernels: tuple[int, ...], strides: tuple[int, ...]) -> int:

@@ -2,7 +2,10 @@
 
 The network is transformers' ``WhisperEncoder``; its weights come from a faster-whisper
 folder (``python -m pipeline.fetch whisper-base``), whose ``model.bin`` is a CTranslate2
-model file, converted here to ``WhisperEncoder`` keys (:func:`convert_ctranslate2_encoder`).
+model file, converted here to ``WhisperEncoder`` keys (:func:`convert_ctranslate2_encoder`),
+or from a Hugging Face Whisper folder or hub name (``openai/whisper-small``, resolved offline:
+a folder or the local Hugging Face cache), whose encoder tensors already have those keys
+(:mod:`encoders.whisper_hf`). Both run the same forward pass below.
 The 80-bin log-mel frontend runs in torch on the batch (:class:`WhisperLogMel`). Clips are
 not padded to Whisper's 30 s window: only the positions a clip needs are computed, and
 padding never reaches a clip's valid outputs (frames past a clip's end are zeroed before each
@@ -20,8 +23,10 @@ from torch import nn
 
 from encoders import check_pretrained_fields, register, waveform_lengths
 from encoders.ctranslate2 import read_model
+from encoders.hf_audio import resolve_audio_model
 from encoders.models_home import ModelNotInstalledError, canonical_name, fetch_command, require_model
 from encoders.weights import WeightsError, load_matching
+from encoders.whisper_hf import read_hf_config, read_hf_encoder_state
 
 DEFAULT_WEIGHTS = "whisper-base"
 SAMPLE_RATE = 16_000
@@ -91,13 +96,16 @@ class WhisperAudioEncoder(nn.Module):
 
     @dataclass
     class Config:
-        # Folder holding a CTranslate2 model.bin (faster-whisper layout), or the file itself;
-        # "" = whisper-base in the models home (installed by `python -m pipeline.fetch whisper-base`).
+        # "" = whisper-base in the models home (installed by `python -m pipeline.fetch whisper-base`);
+        # or a folder holding a CTranslate2 model.bin (faster-whisper layout), or the file itself;
+        # or a Hugging Face Whisper folder (config.json + model.safetensors) or hub name in the
+        # local Hugging Face cache (e.g. openai/whisper-small). Never downloaded.
         weights: str = ""
         freeze_layers: int = 0  # convolutions + bottom N transformer layers frozen; -1 = all frozen
         dropout: float = 0.1  # on the encoder outputs (pooled and sequence)
         pretrained: bool = True  # False = random init of the architecture below (tests, ablations)
-        # The architecture (defaults: whisper-base); the weights must have these sizes.
+        # The architecture (defaults: whisper-base); the weights must have these sizes (an error
+        # names the ones that fit). They live here so a checkpoint rebuilds without the weights.
         d_model: int = 512
         encoder_layers: int = 6
         encoder_attention_heads: int = 8
@@ -133,8 +141,12 @@ class WhisperAudioEncoder(nn.Module):
         self.pretrained = cfg.pretrained
         self.out_dim: int = cfg.d_model
         if cfg.pretrained and load_weights:
-            path = weights_file(cfg.weights)
-            state, heads = read_whisper_encoder(path)
+            path = resolve_weights(cfg.weights)
+            if path.is_dir():  # a Hugging Face folder; its config.json first, to say what it is
+                heads = hf_architecture(path)["encoder_attention_heads"]
+                state = read_hf_encoder_state(path)
+            else:
+                state, heads = read_whisper_encoder(path)
             if heads != cfg.encoder_attention_heads:
                 raise WeightsError(f"weights in {path} have {heads} attention heads but the encoder is built "
                                    f"with encoder_attention_heads={cfg.encoder_attention_heads}. "
@@ -142,6 +154,12 @@ class WhisperAudioEncoder(nn.Module):
             load_matching(self.model, state, str(path), architecture_hint(state, heads))
         self.dropout = nn.Dropout(cfg.dropout)
         self.set_trainable_layers(cfg.freeze_layers)
+
+    @classmethod
+    def from_hf_folder(cls, folder: str | Path, load_weights: bool = True, **fields) -> WhisperAudioEncoder:
+        """The encoder of the Hugging Face Whisper folder ``folder``, with the sizes of its
+        config.json; ``fields`` are the other Config fields (type hf_audio builds Whisper so)."""
+        return cls(cls.Config(weights=str(folder), **fields, **hf_architecture(Path(folder))), load_weights)
 
     def set_trainable_layers(self, freeze_layers: int) -> None:
         """Freeze the convolutions and the bottom ``freeze_layers`` layers (-1: everything,
@@ -201,21 +219,49 @@ def output_positions(frames: torch.Tensor) -> torch.Tensor:
     return torch.div(frames + 1, 2, rounding_mode="floor")
 
 
-def weights_file(weights: str) -> Path:
-    """The ``model.bin`` that config field ``weights`` names: ``""`` or a fetchable name (the
-    models home copy), a faster-whisper folder, or the file. Missing weights raise
-    :class:`ModelNotInstalledError` saying how to install them."""
+def resolve_weights(weights: str) -> Path:
+    """What config field ``weights`` names: the ``model.bin`` of a CTranslate2 model (``""`` or
+    a fetchable name: the models home copy; a faster-whisper folder; the file), or a Hugging
+    Face Whisper folder (a folder with config.json and no model.bin). A name that is no path
+    (``openai/whisper-small``) is looked up in the local Hugging Face cache, where either
+    layout may be. Missing weights raise a FileNotFoundError saying how to provide them."""
     if canonical_name(weights or DEFAULT_WEIGHTS) is not None:
         return require_model(weights or DEFAULT_WEIGHTS) / "model.bin"
     path = Path(weights).expanduser()
+    if not path.exists() and not weights.startswith(("/", ".", "~")):
+        path = Path(resolve_audio_model(weights, key="weights"))
+    if path.is_dir() and not (path / "model.bin").is_file() and (path / "config.json").is_file():
+        return path
     if path.is_dir():
         path = path / "model.bin"
     if not path.is_file():
         raise ModelNotInstalledError(
             f"Whisper weights {path} do not exist. Install whisper-base once with "
             f"`{fetch_command(DEFAULT_WEIGHTS)}` (and leave weights empty), or set weights to a "
-            "faster-whisper (CTranslate2) folder holding model.bin")
+            "faster-whisper (CTranslate2) folder holding model.bin, a Hugging Face Whisper folder "
+            "(config.json, model.safetensors) or a hub name in the local Hugging Face cache")
     return path
+
+
+# The fields of WhisperAudioEncoder.Config that a Hugging Face config.json holds, by the same names.
+ARCHITECTURE_FIELDS = ("d_model", "encoder_layers", "encoder_attention_heads", "encoder_ffn_dim", "num_mel_bins")
+
+
+def hf_architecture(folder: Path) -> dict[str, int]:
+    """The architecture fields of :class:`WhisperAudioEncoder.Config` that the Hugging Face
+    Whisper folder ``folder`` needs, from its config.json; :class:`WeightsError` when that
+    config has a setting the forward pass here does not reproduce."""
+    from transformers import WhisperConfig
+
+    config = {**WhisperConfig().to_dict(), **read_hf_config(folder)}  # transformers' defaults for keys left out
+    for key, supported in (("max_source_positions", MAX_POSITIONS), ("activation_function", "gelu")):
+        if config[key] != supported:
+            raise WeightsError(f"{folder}/config.json has {key}={config[key]!r}; type whisper runs "
+                               f"Whisper's encoder with {key}={supported!r}")
+    try:
+        return {field: int(config[field]) for field in ARCHITECTURE_FIELDS}
+    except (TypeError, ValueError) as err:
+        raise WeightsError(f"{folder}/config.json has a size that is not a whole number: {err}") from err
 
 
 def read_whisper_encoder(path: str | Path) -> tuple[dict[str, torch.Tensor], int]:
