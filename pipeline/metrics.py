@@ -127,7 +127,8 @@ def plot_confusion_matrix(cm: Sequence[Sequence[int]], labels: Sequence[str], pa
 
 def plot_curves(history: Sequence[Mapping], path: str | Path) -> None:
     """Save training loss and validation weighted F1 per epoch (``history`` rows as in
-    metrics.json: ``epoch``, ``train_loss``, ``val`` metrics)."""
+    metrics.json: ``epoch``, ``train_loss``, ``val`` metrics, and ``holdout`` metrics with
+    ``data.holdout_dialogues``)."""
     epochs = [row["epoch"] for row in history]
     fig, (loss_ax, f1_ax) = plt.subplots(1, 2, figsize=(10, 4))
     loss_ax.plot(epochs, [row["train_loss"] for row in history], marker="o", label="train")
@@ -141,6 +142,9 @@ def plot_curves(history: Sequence[Mapping], path: str | Path) -> None:
         scores = [row["val"].get(task, {}).get("weighted_f1") for row in history]
         if all(s is not None for s in scores):
             f1_ax.plot(epochs, scores, marker="o", label=f"{task} weighted F1")
+        held_out = [row.get("holdout", {}).get(task, {}).get("weighted_f1") for row in history]
+        if all(s is not None for s in held_out):  # data.holdout_dialogues
+            f1_ax.plot(epochs, held_out, marker="s", linestyle="--", label=f"{task} weighted F1, held out of train")
     f1_ax.set_xlabel("epoch")
     f1_ax.set_ylabel("validation")
     f1_ax.legend()

@@ -111,9 +111,14 @@ class DataConfig:
     balanced_sampler: bool = False  # class-balanced sampling of the training split (DDP-aware)
     group_by_length: bool = False  # batches of similar text (or audio) length: less padding, faster
     embeddings_dir: str = ""  # train fusion + head (+ dialogue model) on vectors from pipeline.embed
+    # Share of the training dialogues (the same ones in every run, by a hash of Dialogue_ID)
+    # held out of training as a second validation split, "holdout" (pipeline/data/holdout.py)
+    holdout_dialogues: float = 0.0
 
     def __post_init__(self) -> None:
         require(self.num_workers >= 0, "num_workers", f"must be >= 0, got {self.num_workers}")
+        require(0.0 <= self.holdout_dialogues < 1.0, "holdout_dialogues",
+                f"must be >= 0 and < 1, got {self.holdout_dialogues}")
 
 
 @dataclass

@@ -87,8 +87,9 @@ def fit(cfg: Config, run: Session, stop: StopOnSignal) -> dict:
     unfrozen = False
     ddp_model = dist.wrap_ddp(model, device)
     patience = cfg.train.early_stopping_patience
-    log.info("training on %d samples (%d steps per epoch and rank, %d ranks), validating on %d, testing on %s",
+    log.info("training on %d samples (%d steps per epoch and rank, %d ranks), validating on %d%s, testing on %s",
              len(run.datasets["train"]), run.steps_per_epoch, world, len(run.datasets["val"]),
+             f" and {len(run.datasets['holdout'])} held out of training" if "holdout" in run.datasets else "",
              len(run.datasets["test"]) if "test" in run.datasets else "none")
     for epoch in range(start_epoch, cfg.train.epochs):
         if patience and bad_epochs >= patience:
@@ -114,6 +115,8 @@ def fit(cfg: Config, run: Session, stop: StopOnSignal) -> dict:
                             "train.resume=true", stop.received)
         with run.evaluated_weights():
             val, _ = evaluate(model, run.loaders["val"], run.loss_fn, device, run.dtype)
+            holdout = (evaluate(model, run.loaders["holdout"], run.loss_fn, device, run.dtype)[0]
+                       if "holdout" in run.loaders else None)
         score = monitored(val)
         improved = score > best
         best, bad_epochs = (score, 0) if improved else (best, bad_epochs + 1)
@@ -123,18 +126,24 @@ def fit(cfg: Config, run: Session, stop: StopOnSignal) -> dict:
             "lr": run.scheduler.get_last_lr(), "seconds": stats["seconds"],
             "samples_per_second": stats["samples"] * world / max(stats["seconds"], 1e-9),
             "data_wait_share": stats["data_wait"] / max(stats["seconds"], 1e-9), "val": val})
+        if holdout is not None:
+            history[-1]["holdout"] = holdout
         checkpoint = run_checkpoint(cfg, run, epoch + 1, best, bad_epochs, history)
         if improved:  # best.pt before last.pt: a kill in between reruns this epoch, rewriting both
             dist.save_on_main(inference_checkpoint(checkpoint), best_path)
         dist.save_on_main(resume_checkpoint(checkpoint, cfg), last_path)
         row = history[-1]
-        log.info("epoch %d/%d: train loss %.4f, val loss %.4f, val emotion weighted F1 %.4f%s "
+        log.info("epoch %d/%d: train loss %.4f, val loss %.4f, val emotion weighted F1 %.4f%s%s "
                  "(%.1f samples/s, %.0f%% of the time waiting for data)", epoch + 1, cfg.train.epochs,
-                 row["train_loss"], val["loss"], score, " (best)" if improved else "", row["samples_per_second"],
-                 100 * row["data_wait_share"])
+                 row["train_loss"], val["loss"], score, " (best)" if improved else "",
+                 "" if holdout is None else f", held-out emotion weighted F1 {monitored(holdout):.4f}",
+                 row["samples_per_second"], 100 * row["data_wait_share"])
         if main:
-            for name, value in (("val/loss", val["loss"]), ("val/emotion_weighted_f1", score),
-                                ("train/epoch_loss", row["train_loss"])):
+            scalars = [("val/loss", val["loss"]), ("val/emotion_weighted_f1", score),
+                       ("train/epoch_loss", row["train_loss"])]
+            if holdout is not None:
+                scalars.append(("holdout/emotion_weighted_f1", monitored(holdout)))
+            for name, value in scalars:
                 writer.add_scalar(name, value, (epoch + 1) * run.steps_per_epoch)
             write_json(out_dir / "metrics.json", summary(history, best, None))
             plot_curves(history, out_dir / "curves.png")

@@ -53,5 +53,10 @@ def monitored(metrics: Mapping[str, Any]) -> float:
 def summary(history: list[dict], best: float, test: dict | None) -> dict:
     """The content of metrics.json."""
     best_epoch = next((row["epoch"] for row in history if monitored(row["val"]) == best), None)
-    return {"monitor": ".".join(MONITOR), "best_epoch": best_epoch, "best_val": best, "epochs": history,
-            "test": test}
+    result = {"monitor": ".".join(MONITOR), "best_epoch": best_epoch, "best_val": best, "epochs": history,
+              "test": test}
+    held_out = [row["holdout"] for row in history if row["epoch"] == best_epoch and "holdout" in row]
+    if held_out:  # data.holdout_dialogues: the held-out split's scores at the epoch dev chose
+        result["best_holdout"] = monitored(held_out[0])
+        result["holdout"] = held_out[0]
+    return result

@@ -13,9 +13,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from pipeline.config import Config
+from pipeline.config import Config, ConfigError
 from pipeline.data.cache import CacheSplit
 from pipeline.data.dataset import MeldDataset, labels_of
+from pipeline.data.holdout import hold_out
 from pipeline.execution import amp_dtype
 from pipeline.model import MultimodalModel, build_model, check_text_length
 from pipeline.train import distributed as dist
@@ -51,7 +52,7 @@ class Session:
     """Everything a run trains with, built from the config by :func:`prepare`."""
 
     caches: dict[str, CacheSplit]
-    datasets: dict[str, MeldDataset]
+    datasets: dict[str, MeldDataset]  # train, val, and holdout and test where the run has them
     loaders: dict[str, DataLoader]
     train_sampler: Sampler
     model: MultimodalModel
@@ -94,11 +95,16 @@ def prepare(cfg: Config, device: torch.device) -> Session:
     else:
         datasets = {name: MeldDataset(cache.split_dir, cfg.model.modalities)
                     for name, cache in caches.items() if cache is not None}
+    if cfg.data.holdout_dialogues:
+        try:
+            datasets["train"], datasets["holdout"] = hold_out(datasets["train"], cfg.data.holdout_dialogues)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
     model = model.to(device)
     emotion, sentiment, regression = split_labels(datasets["train"])
     train_sampler = training_order(datasets["train"], emotion, cfg, model)
     loaders = {"train": make_loader(datasets["train"], train_sampler, cfg, device)}
-    for name in ("val", "test"):
+    for name in ("val", "holdout", "test"):
         if name in datasets:
             loaders[name] = make_loader(datasets[name], evaluation_order(datasets[name], cfg, model), cfg, device)
 
