@@ -2,6 +2,8 @@
 wall time at the end, and the MELD benches' dev and test figures."""
 from __future__ import annotations
 
+import argparse
+
 import logging
 import time
 from pathlib import Path
@@ -32,9 +34,28 @@ def markdown_table(header: Sequence[str], rows: Iterable[Sequence[object]], alig
             *(f"| {' | '.join(str(cell) for cell in row)} |" for row in rows)]
 
 
-def meld_splits(csv_dir: Path) -> list[str]:
-    """The MELD splits whose CSVs ``csv_dir`` holds, of train, dev and test (test is optional)."""
-    return [split for split in ("train", "dev", "test") if (csv_dir / f"{split}_sent_emo.csv").is_file()]
+def meld_splits(csv_dir: Path, test: bool = True) -> list[str]:
+    """The MELD splits whose CSVs ``csv_dir`` holds, of train, dev and test (test is optional,
+    and left out with ``test`` False)."""
+    return [split for split in ("train", "dev", "test")
+            if (csv_dir / f"{split}_sent_emo.csv").is_file() and (test or split != "test")]
+
+
+def add_selection_args(parser: argparse.ArgumentParser) -> None:
+    """``--holdout`` and ``--no-test``, the options of a bench that chooses settings."""
+    parser.add_argument("--holdout", type=float, default=0.0,
+                        help="share of the training dialogues held out of training and scored as a second "
+                             "validation split (data.holdout_dialogues; 0.1 when choosing settings, so a change is "
+                             "kept only when it wins on dev and on the held-out dialogues) (default: %(default)s)")
+    parser.add_argument("--no-test", dest="test", action="store_false",
+                        help="never read test_sent_emo.csv, for runs that choose settings (default: each run's "
+                             "dev-chosen best.pt is scored once on test when the folder has the CSV)")
+
+
+def selection_overrides(args: argparse.Namespace, cache_dir: Path) -> list[str]:
+    """The ``data.*`` overrides of ``--holdout`` and ``--no-test`` for a run on ``cache_dir``."""
+    tested = args.test and (Path(cache_dir) / "test").is_dir()
+    return [f"data.holdout_dialogues={args.holdout}", "data.test_split=test" if tested else "data.test_split="]
 
 
 def emotion_figures(metrics: Mapping[str, Any] | None) -> dict[str, Any] | None:
@@ -44,6 +65,12 @@ def emotion_figures(metrics: Mapping[str, Any] | None) -> dict[str, Any] | None:
     emotion = metrics["emotion"]
     return {"accuracy": emotion["accuracy"], "weighted_f1": emotion["weighted_f1"], "macro_f1": emotion["macro_f1"],
             "per_class": {name: scores["f1"] for name, scores in emotion["per_class"].items()}}
+
+
+def held_out(result: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The emotion figures of the dialogues held out of training (``--holdout``) at the epoch
+    dev chose, or None."""
+    return emotion_figures(result.get("holdout"))
 
 
 def dev_and_test(result: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None]:

@@ -52,7 +52,7 @@ log = logging.getLogger("bench.meld_dialogue")
 REPO = Path(__file__).resolve().parents[1]
 MODELS = {"minilm": "all-MiniLM-L6-v2", "mpnet": "all-mpnet-base-v2"}
 METRICS = ("weighted_f1", "macro_f1", "fear", "disgust")
-TEST_METRICS = ("test_weighted_f1", "test_macro_f1")
+TEST_METRICS = ("holdout_weighted_f1", "test_weighted_f1", "test_macro_f1")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -79,6 +79,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=2, help="preprocessing processes (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default 0: torch's choice)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 seeds, 2 epochs (figures meaningless)")
+    common.add_selection_args(parser)
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="overrides of every training run")
     args = parser.parse_args(argv)
     if args.quick:
@@ -97,7 +98,7 @@ def build_cache(args: argparse.Namespace, config: str, overrides: Sequence[str])
     key = hashlib.sha256(json.dumps(to_dict(pcfg), sort_keys=True).encode()).hexdigest()[:10]
     cache_dir = args.work_dir / f"cache-{key}"
     status = preprocess.main([str(args.meld_csv_dir), str(cache_dir), "--csv-dir", str(args.meld_csv_dir),
-                              "--splits", ",".join(common.meld_splits(args.meld_csv_dir)), "--workers",
+                              "--splits", ",".join(common.meld_splits(args.meld_csv_dir, args.test)), "--workers",
                               str(args.workers), "--config", config, *overrides])
     if status != 0:
         raise SystemExit(f"preprocessing {args.meld_csv_dir} into {cache_dir} failed")
@@ -137,7 +138,7 @@ def make_vectors(args: argparse.Namespace, source: str) -> dict[str, Any]:
         command = ["--config", str(config), *preprocess_overrides(args)]
         what = f"{MODELS[source]}, frozen"
     started = time.perf_counter()
-    splits = ",".join(common.meld_splits(args.meld_csv_dir))
+    splits = ",".join(common.meld_splits(args.meld_csv_dir, args.test))
     status = embed.main(["--cache", str(cache), "--out", str(out), "--splits", splits,
                          "--batch-size", str(args.batch_size), *command])
     if status != 0:
@@ -169,13 +170,14 @@ def train_seed(args: argparse.Namespace, source: str, made: dict[str, Any], cont
     result = training.main(["--config", str(made["config"]), *args.overrides, f"data.cache_dir={made['cache']}",
                             f"data.embeddings_dir={made['vectors']}", f"output_dir={out_dir}",
                             f"model.context.type={context}", f"train.seed={seed}",
-                            "data.test_split=test" if (Path(made["cache"]) / "test").is_dir() else "data.test_split="])
+                            *common.selection_overrides(args, Path(made["cache"]))])
     seconds = time.perf_counter() - started
     dev, test = common.dev_and_test(result)
     shutil.rmtree(out_dir)  # its checkpoints hold the frozen encoder too
     return {"weighted_f1": dev["weighted_f1"], "macro_f1": dev["macro_f1"], "fear": dev["per_class"]["fear"],
             "disgust": dev["per_class"]["disgust"], "dev": dev, "test": test,
             **({"test_weighted_f1": test["weighted_f1"], "test_macro_f1": test["macro_f1"]} if test else {}),
+            **({"holdout_weighted_f1": result["best_holdout"]} if "best_holdout" in result else {}),
             "best_epoch": result["best_epoch"], "seconds": seconds, "seed": seed}
 
 
@@ -198,12 +200,13 @@ def table(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
              f"{cfg.train.batch_size} utterances, lr {cfg.train.lr:g}."
              + (f" Overrides: {' '.join(args.overrides)}." if args.overrides else ""), ""]
     header = ["vectors", "dialogue model", "dev weighted F1", "dev macro F1", "fear F1", "disgust F1",
-              "test weighted F1", "test macro F1", "embedding pass (min)", "training per seed (s)"]
+              "held-out weighted F1", "test weighted F1", "test macro F1", "embedding pass (min)",
+              "training per seed (s)"]
     cells = ([row["what"], row["context"],
               *(f"{row[key][0]:.3f} +/- {row[key][1]:.3f} ({row[key][2]:.3f})" if key in row else "-"
                 for key in (*METRICS, *TEST_METRICS)),
               f"{row['embed_minutes']:.1f}", f"{row['seconds']:.0f}"] for row in rows)
-    lines += common.markdown_table(header, cells, "llrrrrrrrr")
+    lines += common.markdown_table(header, cells, "llrrrrrrrrr")
     tested = sum(run["test"] is not None for row in rows for run in row["runs"])
     lines += ["", f"Per-class F1 (dev{'/test' if tested else ''}) of each seed, at its best epoch on dev:",
               *common.per_class_lines((f"{row['context']}, seed {run['seed']}", run["dev"], run["test"])

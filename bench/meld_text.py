@@ -99,6 +99,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="torch threads (default 0: torch's choice; 1 is faster on a busy machine)")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: 1 epoch of 640 utterances per run unless given (figures meaningless)")
+    common.add_selection_args(parser)
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for every run")
     args = parser.parse_args(argv)
     args.epochs = args.epochs or (1 if args.quick else 3)
@@ -138,7 +139,7 @@ def build_cache(args: argparse.Namespace, context_turns: int) -> Path:
     key = hashlib.sha256(json.dumps(to_dict(pcfg), sort_keys=True).encode()).hexdigest()[:10]
     cache_dir = args.work_dir / f"cache-context{context_turns}-{key}"
     status = preprocess.main([str(args.meld_csv_dir), str(cache_dir), "--csv-dir", str(args.meld_csv_dir),
-                              "--splits", ",".join(common.meld_splits(args.meld_csv_dir)), "--workers",
+                              "--splits", ",".join(common.meld_splits(args.meld_csv_dir, args.test)), "--workers",
                               str(args.workers), "--config", args.config, *overrides])
     if status != 0:
         raise SystemExit(f"preprocessing {args.meld_csv_dir} into {cache_dir} failed")
@@ -156,7 +157,7 @@ def train_run(run: Run, args: argparse.Namespace, cache_dir: Path) -> dict[str, 
     overrides = [*text_overrides(args, run.context_turns), f"data.cache_dir={cache_dir}",
                  f"output_dir={out_dir}", f"train.epochs={run.epochs}", f"train.class_weighting={run.weighting}",
                  f"train.max_steps_per_epoch={steps}", "train.device=cpu", "data.num_workers=0",
-                 "data.test_split=test" if (cache_dir / "test").is_dir() else "data.test_split=",
+                 *common.selection_overrides(args, cache_dir),
                  *(item for item in args.overrides if not item.startswith("preprocess."))]
     started = time.perf_counter()
     result = training.main(["--config", args.config, *overrides])
@@ -165,10 +166,12 @@ def train_run(run: Run, args: argparse.Namespace, cache_dir: Path) -> dict[str, 
     row = {"run": run, "best_epoch": result["best_epoch"], "accuracy": dev["accuracy"],
            "weighted_f1": dev["weighted_f1"], "macro_f1": dev["macro_f1"],
            "fear": dev["per_class"]["fear"], "disgust": dev["per_class"]["disgust"], "dev": dev, "test": test,
+           "holdout": common.held_out(result),
            "samples": min(steps * batch_size, train_size) if steps else train_size,
            "minutes": (time.perf_counter() - started) / 60}
-    log.info("%s: dev weighted F1 %.4f, accuracy %.4f, macro F1 %.4f (best epoch %d, %.1f min)%s", run.name,
+    log.info("%s: dev weighted F1 %.4f, accuracy %.4f, macro F1 %.4f (best epoch %d, %.1f min)%s%s", run.name,
              row["weighted_f1"], row["accuracy"], row["macro_f1"], row["best_epoch"], row["minutes"],
+             f"; held-out weighted F1 {row['holdout']['weighted_f1']:.4f}" if row["holdout"] else "",
              f"; test weighted F1 {test['weighted_f1']:.4f}" if test else "")
     return row
 
@@ -190,14 +193,15 @@ def table(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
         "",
     ]
     header = ["run", "context turns", "class weighting", "epochs", "train utterances / epoch", "dev accuracy",
-              "dev weighted F1", "dev macro F1", "fear F1", "disgust F1", "test weighted F1", "test macro F1",
-              "best epoch", "minutes", "minutes per epoch"]
+              "dev weighted F1", "dev macro F1", "fear F1", "disgust F1", "held-out weighted F1",
+              "test weighted F1", "test macro F1", "best epoch", "minutes", "minutes per epoch"]
     cells = ([row["run"].name, row["run"].context_turns, row["run"].weighting, row["run"].epochs, row["samples"],
               *(f"{row[key]:.3f}" for key in ("accuracy", "weighted_f1", "macro_f1", "fear", "disgust")),
+              f"{row['holdout']['weighted_f1']:.3f}" if row["holdout"] else "-",
               *((f"{row['test'][key]:.3f}" for key in ("weighted_f1", "macro_f1")) if row["test"] else ("-", "-")),
               row["best_epoch"], f"{row['minutes']:.1f}", f"{row['minutes'] / row['run'].epochs:.1f}"]
              for row in rows)
-    lines += common.markdown_table(header, cells, "lrlrrrrrrrrrrrr")
+    lines += common.markdown_table(header, cells, "lrlrrrrrrrrrrrrr")
     tested = sum(row["test"] is not None for row in rows)
     lines += ["", f"Per-class F1 (dev{'/test' if tested else ''}), each run's best epoch on dev:",
               *common.per_class_lines((row["run"].name, row["dev"], row["test"]) for row in rows), "",

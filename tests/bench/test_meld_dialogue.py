@@ -39,10 +39,15 @@ def test_meld_dialogue_bench_reports_each_row_over_its_seeds(tmp_path, tiny_text
     assert "Overrides: train.epochs=2 model.context.width=8." in out  # --quick adds the epochs
     # The vectors are up to date on a rerun, with the two-stage config too (the checkpoint
     # decides the encoder): the table still shows the pass that made them.
-    again = bench.main([*args, "--config", str(REPO / "configs" / "meld_two_stage.yaml"), "--first-seed", "3"])
+    # The rerun chooses settings: dialogues held out of training, test never scored.
+    again = bench.main([*args, "--config", str(REPO / "configs" / "meld_two_stage.yaml"), "--first-seed", "3",
+                        "--holdout", "0.6", "--no-test"])
     assert again[0]["embed_minutes"] == first_pass
     assert [run["seed"] for run in again[0]["runs"]] == [3, 4] and [run["seed"] for run in rows[0]["runs"]] == [0, 1]
+    assert all(run["test"] is None and 0.0 <= run["holdout_weighted_f1"] <= 1.0 for run in again[0]["runs"])
+    assert "holdout_weighted_f1" not in rows[0]["runs"][0]
     out = capsys.readouterr().out
+    assert "Test evaluations made by this command: 0" in out
     assert "seeds 3-4 per row" in out and "meld_two_stage.yaml: 2 epochs, batches of whole dialogues up to 128" in out
     record = json.loads((tmp_path / "work" / "embed-finetuned.json").read_text(encoding="utf-8"))
     assert record["minutes"] == first_pass

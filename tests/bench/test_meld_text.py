@@ -77,3 +77,24 @@ def test_meld_text_bench_trains_and_reports_every_run(tmp_path, tiny_text_model,
     lengths = {name: np.array([len(cache.load(r["id"])["input_ids"]) for r in cache.records])
                for name, cache in caches.items()}
     assert (lengths["context2"][2:] > lengths["context0"][2:]).all()
+
+
+def test_choosing_settings_holds_out_train_dialogues_and_never_reads_test(tmp_path, tiny_text_model, capsys):
+    import json
+
+    write_csvs(tmp_path / "meld")  # test_sent_emo.csv is there, and must stay unread
+    bench = load_bench("meld_text")
+    (row,) = bench.main(["--meld-csv-dir", str(tmp_path / "meld"), "--work-dir", str(tmp_path / "work"),
+                         "--quick", "--runs", "plain", "--workers", "1", "--max-length", "16",
+                         "--holdout", "0.6", "--no-test", f"preprocess.text.model={tiny_text_model}",
+                         "train.batch_size=4"])
+    (cache,) = (tmp_path / "work").glob("cache-context0-*")
+    assert sorted(path.name for path in cache.iterdir() if path.is_dir()) == ["dev", "train"]
+    assert row["test"] is None and row["holdout"] is not None
+    metrics = json.loads((tmp_path / "work" / "runs" / "no_context" / "metrics.json").read_text())
+    # 0.6 holds out dialogue 1 alone of the 4 (the SHA-256 fractions of dialogues 0-3 are
+    # 0.93, 0.52, 0.79, 0.84): its 7 utterances.
+    assert sum(map(sum, metrics["holdout"]["emotion"]["confusion_matrix"])) == 7
+    assert row["holdout"]["weighted_f1"] == metrics["best_holdout"]
+    out = capsys.readouterr().out
+    assert "held-out weighted F1" in out and "Test evaluations made by this command: 0" in out
