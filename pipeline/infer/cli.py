@@ -54,22 +54,13 @@ import re
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import torch
-
 from pipeline.config import ConfigError, PreprocessConfig, from_dict
 from pipeline.data import meld
-from pipeline.execution import pick_device
-from pipeline.infer.clips import list_clips
-from pipeline.infer.decoding import DecodePool, in_dialogue_order, make_jobs
-from pipeline.infer.ensemble import check_members, ensemble_groups
-from pipeline.infer.predict import (Predictor, check_finite_weights, default_lookahead, default_workers,
-                                    model_threads, run, write_rows)
-from pipeline.infer.predictions import OutputError, RowWriter, check_output
-from pipeline.infer.transcripts import SIDECAR_EXTENSIONS, InputError, read_transcripts
 from pipeline.logs import setup_cli_logging
-from pipeline.model import CheckpointError, load_checkpoint
 
 logger = logging.getLogger("pipeline.infer")  # messages name the command
+
+PROG = "python -m pipeline.infer"
 
 
 def format_metrics(metrics: Mapping[str, Mapping[str, Any]]) -> str:
@@ -81,6 +72,8 @@ def format_metrics(metrics: Mapping[str, Mapping[str, Any]]) -> str:
 def input_files(args: argparse.Namespace, clips: Sequence[Path]) -> list[Path]:
     """Every file this run reads: the checkpoint, the transcripts, the clip list, the clips
     and the sidecar transcripts next to them."""
+    from pipeline.infer.transcripts import SIDECAR_EXTENSIONS
+
     files = [*args.checkpoint, *clips, *(clip.with_suffix(ext) for clip in clips for ext in SIDECAR_EXTENSIONS)]
     if args.transcripts is not None:
         files.append(args.transcripts)
@@ -91,6 +84,9 @@ def input_files(args: argparse.Namespace, clips: Sequence[Path]) -> list[Path]:
 
 def read_member(path: Path) -> dict[str, Any]:
     """A checkpoint to predict with: loaded, finite, with its preprocessing parameters."""
+    from pipeline.infer.predict import check_finite_weights
+    from pipeline.model import CheckpointError, load_checkpoint
+
     ckpt = load_checkpoint(path)
     check_finite_weights(ckpt, path)
     if not isinstance(ckpt.get("preprocess"), Mapping):
@@ -98,21 +94,28 @@ def read_member(path: Path) -> dict[str, Any]:
     return ckpt
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
+    """The options of the command, from light modules only (``--help`` imports no torch)."""
     parser = argparse.ArgumentParser(
-        prog="python -m pipeline.infer", formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog=prog, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Predict emotion and sentiment for every clip with a trained checkpoint.",
         epilog=__doc__.split("\n\n", 2)[2])
     parser.add_argument("--checkpoint", required=True, type=Path, nargs="+",
-                        help="best.pt / last.pt of pipeline.train; several: an ensemble averaging their probabilities")
-    parser.add_argument("--clips", required=True, help="folder, glob pattern, single clip or .txt list")
+                        help="best.pt / last.pt of pipeline.train; several: an ensemble averaging their "
+                             "probabilities (required)")
+    parser.add_argument("--clips", required=True, help="folder, glob pattern, single clip or .txt list (required)")
     parser.add_argument("--transcripts", type=Path,
                         help="MELD CSV or clip,text CSV (default: .srt/.txt next to each clip)")
-    parser.add_argument("--out", required=True, type=Path, help="predictions .jsonl (or .csv)")
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--out", required=True, type=Path, help="predictions .jsonl (or .csv) (required)")
+    parser.add_argument("--batch-size", type=int, default=16, help="clips per forward pass (default: %(default)s)")
     parser.add_argument("--workers", type=int, default=None,
                         help="decoding processes (default: all cores on a GPU, half on the CPU; 0 = in this process)")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: %(default)s)")
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None, prog: str = PROG) -> argparse.Namespace:
+    parser = build_parser(prog)
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -123,10 +126,22 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
     """Command line; returns the exit status (0 also when some clips are error rows)."""
     setup_cli_logging()
-    args = parse_args(argv)
+    args = parse_args(argv, prog)
+    import torch  # and the model, decoding and output modules: imported once the arguments hold
+
+    from pipeline.execution import pick_device
+    from pipeline.infer.clips import list_clips
+    from pipeline.infer.decoding import DecodePool, in_dialogue_order, make_jobs
+    from pipeline.infer.ensemble import check_members, ensemble_groups
+    from pipeline.infer.predict import (Predictor, default_lookahead, default_workers, model_threads, run,
+                                        write_rows)
+    from pipeline.infer.predictions import OutputError, RowWriter, check_output
+    from pipeline.infer.transcripts import InputError, read_transcripts
+    from pipeline.model import CheckpointError
+
     try:
         device = pick_device(args.device)
     except RuntimeError:  # a CUDA device asked for where none is visible
@@ -140,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         predictors, member_jobs = [], []
         for path, ckpt in zip(args.checkpoint, checkpoints):  # each member's transcripts read with its context
             pcfg = from_dict(PreprocessConfig, dict(ckpt["preprocess"]), "preprocess")
-            transcripts = (read_transcripts(args.transcripts, pcfg.text.context_turns)
+            transcripts = (read_transcripts(args.transcripts, pcfg.text.context_turns, pcfg.text.context_after)
                            if args.transcripts is not None else None)
             jobs = make_jobs(clips, transcripts, [Path(args.clips)] if Path(args.clips).is_file() else [])
             predictors.append(Predictor(ckpt, device))

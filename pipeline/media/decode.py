@@ -30,12 +30,11 @@ from pathlib import Path
 from typing import Callable
 
 import cv2
-import ffmpeg
 import numpy as np
 
 from pipeline.config import AudioFeatures, VideoFeatures
-from pipeline.media.probe import (MAX_FRAME_PIXELS, SAFE_INPUT, SAFE_INPUT_ARGS, ClipError, ClipInfo, as_float,
-                                  check_file, last_line, probe)
+from pipeline.media.probe import (MAX_FRAME_PIXELS, SAFE_INPUT_ARGS, ClipError, ClipInfo, as_float, check_file,
+                                  last_line, probe)
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +92,7 @@ def load_clip(path: str | os.PathLike, audio: AudioFeatures | None,
     audio_pipe = os.pipe() if want_audio else None  # (read end for us, write end for ffmpeg)
     if audio_pipe is not None:
         outputs.append(audio_output(path, audio, duration, f"pipe:{audio_pipe[1]}", info.audio_stream))
-    command = ["ffmpeg", *FFMPEG_GLOBAL_ARGS, *ffmpeg.get_args(ffmpeg.merge_outputs(*outputs))]
+    command = ["ffmpeg", *FFMPEG_GLOBAL_ARGS, *ffmpeg_args(*outputs)]
     stdout, audio_bytes, stderr, returncode = run_ffmpeg(command, audio_pipe, path)
     if returncode != 0:
         raise ClipError(path, "unreadable: " + last_line(stderr, path))
@@ -160,46 +159,91 @@ def resample_if_misled(path: Path, decoded: np.ndarray, duration: float, num_fra
     logger.warning("%s: the header says %.2f s but the video packets span %.2f s (%d frames where %d were "
                    "asked for); sampling the frames over the %.2f s decoded", path.name, duration, span,
                    len(decoded), num_frames, span)
-    command = ["ffmpeg", *FFMPEG_GLOBAL_ARGS, *ffmpeg.get_args(video_output(path, span, num_frames, size, crop))]
+    command = ["ffmpeg", *FFMPEG_GLOBAL_ARGS, *ffmpeg_args(video_output(path, span, num_frames, size, crop))]
     stdout, _, stderr, returncode = run_ffmpeg(command, None, path)
     return parse_ppm_stream(stdout) if returncode == 0 else decoded
 
 
-def video_output(path: Path, duration: float, num_frames: int, size: int, crop: bool):
-    """ffmpeg-python output writing ``num_frames`` frames as PPM to stdout: the short side
-    scaled to ``size``, centre-cropped to ``size``x``size`` when ``crop``."""
+# --------------------------------------------------------------------------- ffmpeg arguments
+Source = tuple[int, str] | int  # (input K of the output, stream selector such as "v:0"), or an earlier filter
+
+
+@dataclass(frozen=True)
+class Output:
+    """One output of an ffmpeg command: its inputs (each the arguments up to and including
+    ``-i path``), the filters from them to the output in order (each ``(sources, filter)``, the
+    last one's result is written) and the options that write it (format, codec, ..., target).
+    ``ffmpeg_args`` lays out one or more of them as one command."""
+
+    inputs: tuple[tuple[str, ...], ...]
+    filters: tuple[tuple[tuple[Source, ...], str], ...]
+    options: tuple[str, ...]
+
+    def get_args(self) -> list[str]:
+        return ffmpeg_args(self)
+
+
+def ffmpeg_args(*outputs: Output) -> list[str]:
+    """The arguments (after the global ones) of one ffmpeg command writing all ``outputs``:
+    the inputs (identical ones opened once), one ``-filter_complex`` graph whose links are
+    named s0, s1, ... in order, then each output's ``-map`` and options."""
+    inputs: dict[tuple[str, ...], int] = {}  # an input's arguments -> its number in the command
+    graph: list[str] = []
+    outputs_args: list[str] = []
+    for output in outputs:
+        number = [inputs.setdefault(arguments, len(inputs)) for arguments in output.inputs]
+        first = len(graph)  # this output's filters write links s{first}, s{first + 1}, ...
+        for sources, name in output.filters:
+            pads = "".join(f"[s{first + source}]" if isinstance(source, int) else f"[{number[source[0]]}:{source[1]}]"
+                           for source in sources)
+            graph.append(f"{pads}{name}[s{len(graph)}]")
+        outputs_args += ["-map", f"[s{len(graph) - 1}]", *output.options]
+    return [*(arg for arguments in inputs for arg in arguments), "-filter_complex", ";".join(graph), *outputs_args]
+
+
+def clip_input(path: Path, *options: str) -> tuple[str, ...]:
+    """The arguments opening clip ``path`` with one decoder thread: only the allowed containers
+    (SAFE_INPUT_ARGS), then ``options`` (a seek, a duration)."""
+    return (*SAFE_INPUT_ARGS, *options, "-threads", "1", "-i", str(path))
+
+
+def video_output(path: Path, duration: float, num_frames: int, size: int, crop: bool) -> Output:
+    """The output writing ``num_frames`` frames as PPM to stdout: the short side scaled to
+    ``size``, centre-cropped to ``size``x``size`` when ``crop``."""
+    filters: list[tuple[tuple[Source, ...], str]] = []
     if duration > LONG_CLIP_SECONDS:
         # One input per sampled time, each seeked to its keyframe and cut to one frame.
         times = [(k + 0.5) * duration / num_frames for k in range(num_frames)]
-        singles = [ffmpeg.input(str(path), ss=f"{t:.3f}", threads=1, **SAFE_INPUT)["v:0"]
-                   .trim(end_frame=1).filter("setpts", "PTS-STARTPTS") for t in times]
-        stream = ffmpeg.concat(*singles, v=1, a=0) if len(singles) > 1 else singles[0]
+        inputs = tuple(clip_input(path, "-ss", f"{t:.3f}") for t in times)
+        for k in range(num_frames):
+            filters += [(((k, "v:0"),), "trim=end_frame=1"), ((len(filters),), "setpts=PTS-STARTPTS")]
+        if num_frames > 1:
+            filters.append((tuple(range(1, len(filters), 2)), f"concat=a=0:n={num_frames}:v=1"))
     else:
-        stream = ffmpeg.input(str(path), threads=1, **SAFE_INPUT)["v:0"].filter("fps", fps=f"{num_frames / duration:.6f}")
+        inputs = (clip_input(path),)
+        filters.append((((0, "v:0"),), f"fps=fps={num_frames / duration:.6f}"))
     # area averaging: the usual downscale is ~3x (720p to 224), where it avoids aliasing
-    stream = stream.filter("scale", size, size, force_original_aspect_ratio="increase", flags="area")
+    filters.append(((len(filters) - 1,), f"scale={size}:{size}:flags=area:force_original_aspect_ratio=increase"))
     if crop:
-        stream = stream.filter("crop", size, size)
+        filters.append(((len(filters) - 1,), f"crop={size}:{size}"))
     # passthrough: the concatenated single frames share timestamps and must not be dropped
     # frames:v caps the work and memory when the header's duration is far too short (then
     # resample_if_misled samples again over the real span)
-    return ffmpeg.output(stream, "pipe:1", format="image2pipe", vcodec="ppm", fps_mode="passthrough",
-                         **{"frames:v": 4 * num_frames + 4})
+    return Output(inputs, tuple(filters), ("-f", "image2pipe", "-fps_mode", "passthrough",
+                                           "-frames:v", str(4 * num_frames + 4), "-vcodec", "ppm", "pipe:1"))
 
 
-def audio_output(path: Path, audio: AudioFeatures, duration: float, target: str, stream: int = 0):
-    """ffmpeg-python output of the first ``max_seconds`` of audio stream ``stream`` as mono
-    float32 at ``sample_rate``, downmixed by ffmpeg's standard matrix (centre and surrounds at
-    -3 dB, LFE left out) normalised to weights summing to one: the same sound in every channel
-    comes out at its own level whatever the layout (mono as it is, stereo as (L + R) / 2), as
+def audio_output(path: Path, audio: AudioFeatures, duration: float, target: str, stream: int = 0) -> Output:
+    """The output of the first ``max_seconds`` of audio stream ``stream`` as mono float32 at
+    ``sample_rate``, downmixed by ffmpeg's standard matrix (centre and surrounds at -3 dB, LFE
+    left out) normalised to weights summing to one: the same sound in every channel comes out
+    at its own level whatever the layout (mono as it is, stereo as (L + R) / 2), as
     ``ffmpeg -i clip -ac 1 clip.wav`` writes it."""
-    if duration > LONG_CLIP_SECONDS:
-        source = ffmpeg.input(str(path), t=f"{audio.max_seconds:.3f}", threads=1, **SAFE_INPUT)
-    else:
-        source = ffmpeg.input(str(path), threads=1, **SAFE_INPUT)
-    mono = (source[f"a:{stream}"].filter("aresample", rematrix_maxval=1.0)
-            .filter("aformat", sample_fmts="flt", channel_layouts="mono", sample_rates=audio.sample_rate))
-    return ffmpeg.output(mono, target, format="f32le", acodec="pcm_f32le", t=f"{audio.max_seconds:.3f}")
+    seconds = f"{audio.max_seconds:.3f}"
+    source = clip_input(path, "-t", seconds) if duration > LONG_CLIP_SECONDS else clip_input(path)
+    filters = ((((0, f"a:{stream}"),), "aresample=rematrix_maxval=1.0"),
+               ((0,), f"aformat=channel_layouts=mono:sample_fmts=flt:sample_rates={audio.sample_rate}"))
+    return Output((source,), filters, ("-f", "f32le", "-acodec", "pcm_f32le", "-t", seconds, target))
 
 
 def run_ffmpeg(command: list[str], audio_pipe: tuple[int, int] | None, path: Path) -> tuple[bytes, bytes, bytes, int]:

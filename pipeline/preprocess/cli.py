@@ -26,13 +26,14 @@ import re
 from pathlib import Path
 from typing import Sequence
 
-from pipeline.config import Config, ConfigError, from_dict, resolve_raw, to_dict
-from pipeline.data import cache, meld
+from pipeline.config import Config, ConfigError, format_config, from_dict, resolve_raw, to_dict
+from pipeline.data import meld
 from pipeline.logs import setup_cli_logging
-from pipeline.preprocess.run import NoSpaceError, Runner, merge, plan_split, preprocess_split
 from pipeline.workers import WorkerStartError
 
 logger = logging.getLogger("pipeline.preprocess")  # messages name the command
+
+PROG = "python -m pipeline.preprocess"
 
 OVERRIDE = re.compile(r"^[A-Za-z_][\w]*(\.[\w]+)*=")  # a key=value among the positional arguments
 
@@ -48,31 +49,49 @@ def split_sources(args: argparse.Namespace, split: str, needs_clips: bool) -> tu
     return Path(csv_path), Path(clips) if needs_clips else None
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
+    """The options of the command, from light modules only (``--help`` imports no torch)."""
     parser = argparse.ArgumentParser(
-        prog="python -m pipeline.preprocess",
+        prog=prog,
         description="Preprocess raw MELD (CSVs + clips) into the feature cache.",
         usage="%(prog)s MELD_ROOT OUT_DIR [options] [key=value ...]\n"
-              "       %(prog)s --merge OUT_DIR [--splits ...]")
+              "       %(prog)s --merge OUT_DIR [--splits ...]\n"
+              "       %(prog)s --print-config [--config YAML] [key=value ...]")
     parser.add_argument("positional", nargs="*", metavar="MELD_ROOT OUT_DIR [key=value ...]",
                         help="MELD root (holding the CSVs and clip folders), output folder, "
-                             "then Config overrides such as preprocess.video.num_frames=4")
-    parser.add_argument("--splits", default=",".join(meld.SPLITS), help="comma-separated (default: %(default)s)")
+                             "then Config overrides such as preprocess.video.num_frames=4 (default: no overrides)")
+    parser.add_argument("--splits", default=",".join(meld.SPLITS),
+                        help="comma-separated splits to preprocess (default: %(default)s)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                        help="worker processes (default: one per CPU; 1 = in this process)")
-    parser.add_argument("--num-shards", type=int, default=1)
-    parser.add_argument("--shard-id", type=int, default=0)
-    parser.add_argument("--config", help="YAML config file (its preprocess section is used)")
-    parser.add_argument("--csv-dir", help="folder holding the three CSVs")
+                        help="worker processes; 1 = in this process (default: one per CPU, here %(default)s)")
+    parser.add_argument("--num-shards", type=int, default=1,
+                        help="split the clips into this many shards, one per process or machine sharing "
+                             "OUT_DIR (default: %(default)s)")
+    parser.add_argument("--shard-id", type=int, default=0,
+                        help="the shard this process takes, in [0, --num-shards) (default: %(default)s)")
+    parser.add_argument("--config", help="YAML config file whose preprocess section is used "
+                                         "(default: none, the dataclass defaults)")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved preprocess section as YAML and exit without reading "
+                             "any clip (default: off)")
+    parser.add_argument("--csv-dir", help="folder holding the three CSVs (default: found under MELD_ROOT)")
     for split in meld.SPLITS:
-        parser.add_argument(f"--{split}-csv", help=f"CSV of the {split} split")
-        parser.add_argument(f"--{split}-clips", help=f"clip folder of the {split} split")
+        parser.add_argument(f"--{split}-csv", help=f"CSV of the {split} split (default: found under MELD_ROOT)")
+        parser.add_argument(f"--{split}-clips",
+                            help=f"clip folder of the {split} split (default: found under MELD_ROOT)")
     parser.add_argument("--merge", action="store_true",
-                        help="only write the manifests of OUT_DIR's finished splits")
+                        help="only write the manifests of OUT_DIR's finished splits (default: off)")
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None, prog: str = PROG) -> argparse.Namespace:
+    parser = build_parser(prog)
     args = parser.parse_intermixed_args(argv)
     args.overrides = [item for item in args.positional if OVERRIDE.match(item)]
     paths = [Path(item) for item in args.positional if not OVERRIDE.match(item)]
-    if args.merge and len(paths) in (1, 2):
+    if args.print_config and not paths:
+        args.meld_root = args.out_dir = None
+    elif args.merge and len(paths) in (1, 2):
         args.meld_root, args.out_dir = None, paths[-1]
     elif len(paths) == 2:
         args.meld_root, args.out_dir = paths
@@ -108,9 +127,15 @@ def warn_shared_csvs(csvs: dict[str, Path]) -> None:
                                "on the data it was trained on", split, other, csvs[split])
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
     setup_cli_logging()
-    args = parse_args(argv)
+    args = parse_args(argv, prog)
+    if args.print_config:
+        print(format_config({"preprocess": to_dict(args.pcfg)}))
+        return 0
+    from pipeline.data import cache  # numpy, torch: imported once the arguments hold
+    from pipeline.preprocess.run import NoSpaceError, Runner, merge, plan_split, preprocess_split
+
     if args.merge:
         return merge(args.out_dir, args.splits)
     pcfg = args.pcfg

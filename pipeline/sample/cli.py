@@ -38,6 +38,8 @@ from pipeline.sample.folder import generate
 from pipeline.sample.plan import SPLITS, Difficulty
 from pipeline.sample.text import AMBIGUOUS_SHARE
 
+PROG = "python -m pipeline.sample"
+
 
 def parse_pair(text: str) -> tuple[float, float]:
     """``"1.5,3.5"`` -> ``(1.5, 3.5)`` (argparse type)."""
@@ -57,35 +59,44 @@ def parse_splits(text: str) -> list[str]:
     return splits
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Command line: ``python -m pipeline.sample OUT_DIR [options]``."""
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
+    """The options of the command (numpy and tqdm at most: ``--help`` imports no torch)."""
     parser = argparse.ArgumentParser(
-        prog="python -m pipeline.sample",
+        prog=prog,
         description="Write a small MELD.Raw-shaped folder whose labels are learnable from "
                     "text, audio and video separately.")
-    parser.add_argument("out_dir", type=Path)
+    parser.add_argument("out_dir", type=Path, metavar="OUT_DIR",
+                        help="folder to write the MELD-shaped CSVs and clip folders into")
     parser.add_argument("--clips-per-class", type=int, default=12,
                         help="train utterances per emotion (default: %(default)s)")
     parser.add_argument("--eval-clips-per-class", type=int, default=None,
                         help="dev and test utterances per emotion (default: a third of train, >= 2)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of every random choice: the same seed gives identical files (default: %(default)s)")
     parser.add_argument("--splits", type=parse_splits, default=list(SPLITS),
-                        help="comma list of train,dev,test")
+                        help=f"comma list of {','.join(SPLITS)} (default: {','.join(SPLITS)})")
     parser.add_argument("--duration-range", type=parse_pair, default=(1.5, 3.5),
-                        help="clip durations in seconds, LOW,HIGH")
-    parser.add_argument("--width", type=int, default=1280)
-    parser.add_argument("--height", type=int, default=720)
-    parser.add_argument("--workers", type=int, default=None, help="clips rendered at once")
+                        help="clip durations in seconds, LOW,HIGH (default: 1.5,3.5)")
+    parser.add_argument("--width", type=int, default=1280, help="video width in pixels (default: %(default)s)")
+    parser.add_argument("--height", type=int, default=720, help="video height in pixels (default: %(default)s)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="clips rendered at once (default: one per CPU)")
     parser.add_argument("--no-extras", dest="extras", action="store_false",
-                        help="leave out the unlabelled extra clips of dev and test")
+                        help="leave out the unlabelled extra clips of dev and test (default: written)")
     parser.add_argument("--overwrite", action="store_true",
-                        help="replace the MELD CSVs and clip folders already in OUT_DIR")
+                        help="replace the MELD CSVs and clip folders already in OUT_DIR (default: refuse)")
     parser.add_argument("--ambiguous-share", type=float, default=AMBIGUOUS_SHARE,
                         help="share of utterances with ambiguous text (default: %(default)s)")
     parser.add_argument("--audio-random-share", type=float, default=0.0,
                         help="share of clips whose voice shows a random emotion (default: %(default)s)")
     parser.add_argument("--video-random-share", type=float, default=0.0,
                         help="share of clips whose face shows a random emotion (default: %(default)s)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, prog: str = PROG) -> dict[str, Any]:
+    """Command line: ``python -m pipeline.sample OUT_DIR [options]``."""
+    parser = build_parser(prog)
     args = parser.parse_args(argv)
     setup_cli_logging()
     try:
