@@ -1,6 +1,6 @@
 """Dialogue models over cached utterance vectors on real MELD text, chosen on dev, scored on dev and test.
 
-    python bench/meld_dialogue.py --meld-csv-dir ../shared/meld [--work-dir runs/bench_meld_dialogue]
+    python bench/meld_dialogue.py --meld-csv-dir $MELD_ROOT [--work-dir runs/bench_meld_dialogue]
         [--seeds 5] [--sources minilm,mpnet,finetuned] [--finetuned RUN/best.pt]
         [--contexts none,transformer,gru] [--threads N] [--quick] [key=value ...]
 

@@ -1,6 +1,6 @@
 """Text-only accuracy on real MELD: MiniLM fine-tuned on CPU, chosen on dev, scored on dev and test.
 
-    python bench/meld_text.py --meld-csv-dir ../shared/meld [--work-dir runs/bench_meld_text]
+    python bench/meld_text.py --meld-csv-dir $MELD_ROOT [--work-dir runs/bench_meld_text]
         [--epochs 3] [--context-epochs 3] [--sweep-epochs 1] [--max-train N] [--context-turns 2]
         [--context-max-length 96] [--weighting sqrt_inverse] [--runs plain,context,sweep]
         [--config configs/meld_text.yaml] [--threads N] [--quick] [key=value ...]
@@ -27,7 +27,7 @@ Nothing is chosen on test: the epoch and every setting come from dev, and the ta
 many test evaluations the run made.
 ``key=value`` overrides apply to every run (e.g. ``train.encoder_lr=3e-5``). Another
 encoder: ``--config configs/meld_mpnet.yaml`` (all-mpnet-base-v2, its lower 8 layers frozen;
-``--runs plain --epochs 2`` is the run of the README's table).
+``--runs plain --epochs 3 --max-length 48`` is the run of docs/experiments.md).
 """
 from __future__ import annotations
 

@@ -60,7 +60,7 @@ class LengthGroupedBatches(Sampler[list[int]]):
     number of batches is that of plain batching (one short batch at most), and each rank of
     DDP batches its own share, so the ranks keep the same number of steps. With random
     indices a batch still holds a random draw of the data, only of similar lengths: MiniLM
-    on MELD text with two turns of context trained 2.1x faster (README, Results).
+    on MELD text with two turns of context trained 2.1x faster (docs/experiments.md, Pipeline speed).
     """
 
     def __init__(self, sampler: Sampler[int], lengths: Sequence[int], batch_size: int, shuffle: bool,

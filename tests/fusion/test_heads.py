@@ -96,7 +96,7 @@ def test_balance_loss_is_the_squared_coefficient_of_variation_of_the_load():
 
 
 def test_moe_default_coefficient_times_the_balance_loss():
-    # The documented default (README, Configuration): 0.1. A gate fixed at [0.7, 0.1, 0.1, 0.1]
+    # The documented default (docs/configuration.md): 0.1. A gate fixed at [0.7, 0.1, 0.1, 0.1]
     # gives cv^2 = 1.08 (above), so aux_loss = 0.108.
     assert fusion.HEADS["moe"].Config().balance_coef == 0.1
     head = make("moe").eval()

@@ -1,6 +1,6 @@
 """The embedding pass with every registered encoder type (text, VGGish, Whisper, a Hugging Face
 speech encoder, ResNet), by --config and by --checkpoint, then training on its vectors: the
-multimodal two-stage recipe of the README, on the tiny generated MELD cache."""
+multimodal two-stage recipe of docs/embeddings.md, on the tiny generated MELD cache."""
 from __future__ import annotations
 
 import json

@@ -174,7 +174,7 @@ def test_training_refuses_vectors_of_other_encoders(tiny_meld_cache, quiet_text_
 
 def test_the_two_stage_recipe_trains_a_frozen_config_on_a_fine_tuned_checkpoints_vectors(
         tiny_meld_cache, quiet_text_model, tmp_path, capsys):
-    """The README's commands: fine-tune (encoder dropout 0.1, every layer trained), embed with
+    """The commands of docs/embeddings.md: fine-tune (encoder dropout 0.1, every layer trained), embed with
     the checkpoint, train a config that freezes the encoder without dropout on the vectors.
     Those two fields act in training only, so the vectors serve it; pooling still counts."""
     common = [*tiny_meld_cache["overrides"], "model.modalities=[text]", "model.fusion.type=concat",
