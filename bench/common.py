@@ -84,3 +84,15 @@ def per_class_lines(rows: Iterable[tuple[str, Mapping[str, Any], Mapping[str, An
     return [f"- {name}: " + ", ".join(f"{label} {dev['per_class'][label]:.2f}"
                                       + (f"/{test['per_class'][label]:.2f}" if test else "")
                                       for label in dev["per_class"]) for name, dev, test in rows]
+
+
+def peak_memory(device: torch.device | str) -> str:
+    """The peak memory of this process so far: the CUDA allocator's on a GPU, else the
+    resident set's high-water mark (which counts every thread's memory, not only tensors)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return f"peak GPU memory {torch.cuda.max_memory_allocated(device) / 2 ** 30:.2f} GiB (allocated by torch)"
+    import resource
+
+    return f"peak resident memory {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20:.2f} GiB (this process)"
+

@@ -37,6 +37,7 @@ from typing import Sequence
 
 import torch
 
+from bench import common
 from pipeline import sample
 from pipeline.config import load_config, to_dict
 from pipeline.data.meld import CLIP_DIRS, CSV_NAMES
@@ -142,6 +143,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     print(f"  this process's CPU: {main_cpu['model'] / n * 1000:.1f} ms/clip model alone, "
           f"{main_cpu['end_to_end'] / n * 1000:.1f} ms/clip end to end; load average "
           f"{os.getloadavg()[0]:.1f} on {predict.available_cores()} cores")
+    print(f"  {common.peak_memory(device)}")
     return result
 
 

@@ -28,6 +28,7 @@ from typing import Sequence
 
 import torch
 
+from bench import common
 from pipeline import preprocess, sample
 from pipeline.config import load_config
 from pipeline.execution import pick_device
@@ -99,6 +100,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     print(f"{result['steps']} steps, {result['samples']} samples in {result['seconds']:.1f} s: "
           f"{result['samples_per_second']:.2f} samples/s, "
           f"{100 * result['data_wait_share']:.1f}% of step time waiting for data")
+    print(common.peak_memory(result["device"]))
     return result
 
 
