@@ -3,6 +3,7 @@
     python -m pipeline.embed --config X.yaml [key=value ...] --cache CACHE --out EMB
     python -m pipeline.embed --checkpoint RUN/best.pt --cache CACHE --out EMB
         [--splits train,dev,test] [--batch-size 64] [--device auto|cpu|cuda:N] [--dtype float16|float32]
+        [--amp auto|off]
 
 ``--config``: the model's encoders as the config builds them (frozen pretrained encoders:
 e.g. the packaged MiniLM or a fetched all-mpnet-base-v2); ``--checkpoint``: the encoders of a
@@ -48,6 +49,10 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: %(default)s)")
     parser.add_argument("--dtype", default="float16", choices=DTYPE_NAMES,
                         help="storage type of the vectors (default: %(default)s)")
+    parser.add_argument("--amp", default="auto", choices=("auto", "off"),
+                        help="precision of the encoders: auto computes in bf16 where the device does so natively "
+                             "(GPUs from compute capability 8.0, CPUs with AMX or AVX512-BF16; fp16 on older GPUs), "
+                             "off in float32 (default: %(default)s)")
     parser.add_argument("--print-config", action="store_true",
                         help="print the resolved config (of --config and the overrides, or the checkpoint's) "
                              "as YAML and exit without embedding (default: off)")
@@ -114,7 +119,8 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
             cache.check_params(source["preprocess"])
             if not cache.complete:
                 raise CacheMismatchError(f"the cache {cache.split_dir} is incomplete: finish preprocessing first")
-            state = embed_split(model, sections, source, cache, args.out / split, args.batch_size, device, args.dtype)
+            state = embed_split(model, sections, source, cache, args.out / split, args.batch_size, device, args.dtype,
+                                args.amp)
             log.info("%s: %s (%d vectors) in %s", split, state, len(cache.records), args.out / split)
     except (CacheMismatchError, CheckpointError, ConfigError, FileNotFoundError, ModelNotFoundError,
             WeightsError) as err:

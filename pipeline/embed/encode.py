@@ -21,7 +21,7 @@ from pipeline.data.cache import CacheMismatchError, CacheSplit, read_json
 from pipeline.data.cache_writer import write_json
 from pipeline.data.dataset import MeldDataset, collate
 from pipeline.data.embeddings import FORMAT, VERSION, check_key, embedding_key
-from pipeline.execution import to_device
+from pipeline.execution import amp_dtype, autocast, to_device
 from pipeline.model import MultimodalModel, build_model, check_text_length, load_checkpoint
 
 DTYPES = {"float16": np.float16, "float32": np.float32}
@@ -57,9 +57,13 @@ def load_source(args: argparse.Namespace) -> tuple[Config, MultimodalModel, dict
 
 @torch.inference_mode()
 def embed_split(model: MultimodalModel, sections: Mapping[str, Any], source: Mapping[str, Any], cache: CacheSplit,
-                out_dir: Path, batch_size: int, device: torch.device, dtype: str) -> str:
-    """Write the vectors of every record of ``cache`` into ``out_dir``; returns what was done
-    (``made``, ``resumed`` or ``up to date``)."""
+                out_dir: Path, batch_size: int, device: torch.device, dtype: str, amp: str = "off") -> str:
+    """Write the vectors of every record of ``cache`` into ``out_dir``, the encoders running
+    under the autocast of ``amp`` (``auto``: bf16 where the device computes it natively, see
+    pipeline.execution; ``off``: float32); returns what was done (``made``, ``resumed`` or
+    ``up to date``)."""
+    precision = amp_dtype(amp, device)
+    computed = "float32" if precision is None else str(precision).removeprefix("torch.")
     encoders = dict(model.encoders)
     key = embedding_key(encoders, sections, cache)
     meta_path, progress_path = out_dir / "meta.json", out_dir / "progress.json"
@@ -77,6 +81,10 @@ def embed_split(model: MultimodalModel, sections: Mapping[str, Any], source: Map
         if progress.get("dtype") != dtype:
             raise CacheMismatchError(f"{out_dir}: an interrupted pass wrote {progress.get('dtype')} vectors, this one "
                                      f"asks for {dtype}; use --dtype {progress.get('dtype')} or another --out")
+        if progress.get("computed", "float32") != computed:
+            raise CacheMismatchError(f"{out_dir}: an interrupted pass computed its vectors in "
+                                     f"{progress.get('computed', 'float32')}, this one computes in {computed}; resume "
+                                     "with the same --amp on the same kind of device, or use another --out")
         done, state = int(progress["done"]), "resumed"
     out_dir.mkdir(parents=True, exist_ok=True)
     if not done:  # new files of this pass's own: whatever lies at their names (a planted link) goes
@@ -88,7 +96,7 @@ def embed_split(model: MultimodalModel, sections: Mapping[str, Any], source: Map
                for m in dims}
     masks = {m: np.lib.format.open_memmap(partial[f"{m}_mask"], mode=mode, dtype=np.bool_, shape=(count,))
              for m in dims}
-    progress = {"format": FORMAT, "version": VERSION, "key": key, "dtype": dtype, "done": done}
+    progress = {"format": FORMAT, "version": VERSION, "key": key, "dtype": dtype, "computed": computed, "done": done}
     write_json(progress_path, progress)
     dataset = MeldDataset(cache.split_dir, sorted(dims))
     loader = DataLoader(Subset(dataset, range(done, count)), batch_size=batch_size, collate_fn=collate)
@@ -99,7 +107,9 @@ def embed_split(model: MultimodalModel, sections: Mapping[str, Any], source: Map
         size = len(batch["ids"])
         for m, encoder in encoders.items():
             mask = batch[m]["mask"]
-            pooled = encoder(batch[m])["pooled"].float() * mask[:, None]
+            with autocast(device, precision):
+                pooled = encoder(batch[m])["pooled"]
+            pooled = pooled.float() * mask[:, None]
             vectors[m][row:row + size] = pooled.cpu().numpy().astype(DTYPES[dtype])
             masks[m][row:row + size] = mask.cpu().numpy()
         row += size
@@ -113,6 +123,6 @@ def embed_split(model: MultimodalModel, sections: Mapping[str, Any], source: Map
         path.replace(out_dir / f"{name}.npy")
     write_json(out_dir / "ids.json", [record["id"] for record in cache.records])
     write_json(meta_path, {"format": FORMAT, "version": VERSION, "split": cache.split_dir.name, "key": key,
-                           "source": dict(source), "dims": dims, "dtype": dtype, "count": count})
+                           "source": dict(source), "dims": dims, "dtype": dtype, "computed": computed, "count": count})
     progress_path.unlink()
     return state

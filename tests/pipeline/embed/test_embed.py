@@ -249,3 +249,30 @@ def test_a_run_on_vectors_resumes_after_a_kill_and_keeps_the_encoders_out_of_las
     states = [torch.load(tmp_path / name / "best.pt", weights_only=True)["model"] for name in ("whole", "resumed")]
     for key, value in states[0].items():
         torch.testing.assert_close(states[1][key], value, rtol=0, atol=0)
+
+
+def test_the_pass_computes_in_bf16_where_the_cpu_does_and_resumes_only_alike(tiny_meld_cache, quiet_text_model,
+                                                                             tmp_path, monkeypatch, caplog):
+    overrides = text_overrides(tiny_meld_cache, quiet_text_model)
+    common = ["--cache", tiny_meld_cache["cache_dir"], "--splits", "dev", "--device", "cpu", "--dtype", "float32"]
+    monkeypatch.setenv("MELD_FUSION_CPU_BF16", "1")  # as on a CPU with AMX
+    assert embed.main(["--config", CONFIG, *common, "--out", str(tmp_path / "bf16"), *overrides]) == 0
+    assert embed.main(["--config", CONFIG, *common, "--out", str(tmp_path / "off"), "--amp", "off", *overrides]) == 0
+    bf16, off = EmbeddingSplit(tmp_path / "bf16" / "dev"), EmbeddingSplit(tmp_path / "off" / "dev")
+    assert bf16.meta["computed"] == "bfloat16" and off.meta["computed"] == "float32"
+    difference = np.abs(bf16.vectors["text"] - off.vectors["text"]).max()
+    assert 0 < difference < 0.1 * np.abs(off.vectors["text"]).max()  # bf16 rounding, not other vectors
+    monkeypatch.setenv("MELD_FUSION_CPU_BF16", "0")  # a CPU without: auto stays float32
+    assert embed.main(["--config", CONFIG, *common, "--out", str(tmp_path / "plain"), *overrides]) == 0
+    np.testing.assert_array_equal(EmbeddingSplit(tmp_path / "plain" / "dev").vectors["text"], off.vectors["text"])
+    # an interrupted bf16 pass is not finished in float32
+    progress = json.loads((tmp_path / "bf16" / "dev" / "meta.json").read_text())
+    partial = tmp_path / "cut" / "dev"
+    partial.mkdir(parents=True)
+    for name in ("text", "text_mask"):
+        shutil.copy(tmp_path / "bf16" / "dev" / f"{name}.npy", partial / f"{name}.npy.partial")
+    (partial / "progress.json").write_text(json.dumps(
+        {"format": progress["format"], "version": progress["version"], "key": progress["key"], "dtype": "float32",
+         "computed": "bfloat16", "done": 2}))
+    assert embed.main(["--config", CONFIG, *common, "--out", str(tmp_path / "cut"), *overrides]) == 1
+    assert "computed its vectors in bfloat16, this one computes in float32" in caplog.text
