@@ -23,8 +23,11 @@ demo: ## sample data, preprocess, train and infer end to end (into DEMO_DIR, def
 lint: ## check the import contracts of setup.cfg (lint-imports)
 	@py=$(INSTALLED_PYTHON) && "$$py" -c "$(LINT_IMPORTS)" --no-cache
 
+# The suite runs on one pytest-xdist worker per core (PYTEST_XDIST_AUTO_NUM_WORKERS=N for others),
+# a test file at a time per worker (its module fixtures are built once), and names its 15 slowest tests.
 test: ## check the import contracts, then run the whole test suite
-	@py=$(INSTALLED_PYTHON) && "$$py" -c "$(LINT_IMPORTS)" --no-cache && "$$py" -m pytest -q tests
+	@py=$(INSTALLED_PYTHON) && "$$py" -c "$(LINT_IMPORTS)" --no-cache && \
+		"$$py" -m pytest -q -n auto --dist loadfile --durations=15 tests
 
 help: ## list these targets, one line each
 	@awk -F ':.*## ' '/^[a-z][a-z-]*:.*## / {printf "  %-8s %s\n", $$1, $$2}' $(MAKEFILE_LIST)

@@ -1,9 +1,63 @@
-"""Fixtures shared across the test tree."""
+"""Fixtures shared across the test tree.
+
+Under pytest-xdist (``make test`` runs ``pytest -n auto``) each worker is a process of its own:
+its torch gets its share of the cores (oversubscribed, torch is many times slower), and the
+expensive session fixtures (tiny models, the tiny MELD cache, the reliability suite's trained
+run) are built once, by whichever worker asks first, and read by the others (:func:`shared_folder`).
+"""
 from __future__ import annotations
 
+import os
+import shutil
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import pytest
+
+# Results stay float32 on every machine, so that tests comparing them bit for bit hold on CPUs
+# with AMX too (train.amp=auto would compute in bf16 there); tests of bf16 set it themselves.
+os.environ.setdefault("MELD_FUSION_CPU_BF16", "0")
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Each worker's share of the cores (1 thread with 2 workers on 2 cores) for its own torch and,
+    # through the environment, for the tools its tests start (torchrun, preprocessing workers).
+    _CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    WORKER_THREADS = max(1, _CORES // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    for _name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[_name] = str(WORKER_THREADS)
+    import torch
+
+    torch.set_num_threads(WORKER_THREADS)
+
+
+def shared_folder(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], object]) -> Path:
+    """A folder that ``build(folder)`` fills, made once per test session.
+
+    Alone (no xdist): a fresh ``tmp_path_factory.mktemp(name)``. Under xdist: ``<name>`` in the
+    folder above the workers' base temps (the run's own base temp, removed at its end), built
+    by the first worker to get here while the others wait on a file lock, then read by all. A
+    build that fails leaves no ``.done`` mark, so the next worker builds it again (and fails the
+    same way). Only for builds that any test may take (fixed seeds, or random weights no test
+    depends on) and whose results no test writes into: all workers read the same folder."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        folder = tmp_path_factory.mktemp(name)
+        build(folder)
+        return folder
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp().parent / "shared"
+    root.mkdir(exist_ok=True)
+    folder, done = root / name, root / f"{name}.done"
+    with FileLock(str(root / f"{name}.lock")):
+        if not done.exists():
+            if folder.exists():  # what a failed build left
+                shutil.rmtree(folder)
+            folder.mkdir()
+            build(folder)
+            done.touch()
+    return folder
+
 
 TINY_VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]",
               "i", "am", "so", "happy", "very", "glad", "the", "train", "leaves", "at", "noon", "."]
@@ -29,13 +83,14 @@ def save_tiny_text_model(folder: Path, architecture: str = "bert") -> Path:
 @pytest.fixture(scope="session")
 def tiny_text_model(tmp_path_factory) -> str:
     """Folder of a tiny random BERT with its tokenizer (see :func:`save_tiny_text_model`)."""
-    return str(save_tiny_text_model(tmp_path_factory.mktemp("tiny_bert")))
+    return str(shared_folder(tmp_path_factory, "tiny_bert", save_tiny_text_model))
 
 
 @pytest.fixture(scope="session")
 def tiny_distilbert_model(tmp_path_factory) -> str:
     """Folder of a tiny random DistilBERT (no pooler) with the same tokenizer."""
-    return str(save_tiny_text_model(tmp_path_factory.mktemp("tiny_distilbert"), "distilbert"))
+    return str(shared_folder(tmp_path_factory, "tiny_distilbert",
+                             partial(save_tiny_text_model, architecture="distilbert")))
 
 
 def save_tiny_wav2vec2_model(folder: Path, feat_extract_norm: str = "layer") -> Path:
@@ -59,13 +114,15 @@ def save_tiny_wav2vec2_model(folder: Path, feat_extract_norm: str = "layer") -> 
 @pytest.fixture(scope="session")
 def tiny_wav2vec2_model(tmp_path_factory) -> str:
     """Folder of a tiny random wav2vec2 that takes an attention mask (see :func:`save_tiny_wav2vec2_model`)."""
-    return str(save_tiny_wav2vec2_model(tmp_path_factory.mktemp("tiny_wav2vec2"), "layer"))
+    return str(shared_folder(tmp_path_factory, "tiny_wav2vec2",
+                             partial(save_tiny_wav2vec2_model, feat_extract_norm="layer")))
 
 
 @pytest.fixture(scope="session")
 def tiny_wav2vec2_group_model(tmp_path_factory) -> str:
     """Folder of a tiny random group-norm wav2vec2, trained without an attention mask."""
-    return str(save_tiny_wav2vec2_model(tmp_path_factory.mktemp("tiny_wav2vec2_group"), "group"))
+    return str(shared_folder(tmp_path_factory, "tiny_wav2vec2_group",
+                             partial(save_tiny_wav2vec2_model, feat_extract_norm="group")))
 
 
 # Preprocessing and model overrides that fit :func:`tiny_meld_cache` (tiny frames, short
@@ -89,13 +146,16 @@ def tiny_meld_cache(tmp_path_factory, tiny_text_model) -> dict:
     """
     from pipeline import preprocess, sample
 
-    root = tmp_path_factory.mktemp("tiny_meld")
-    sample.generate(root / "MELD.Raw", clips_per_class=2, seed=0, width=64, height=36,
-                    duration_range=(1.0, 1.0), workers=2)
     preprocess_overrides = [f"preprocess.text.model={tiny_text_model}", *TINY_PREPROCESS]
-    status = preprocess.main([str(root / "MELD.Raw"), str(root / "cache"), "--workers", "2",
-                              *preprocess_overrides])
-    assert status == 0, "preprocessing the tiny MELD folder failed"
+
+    def build(root: Path) -> None:
+        sample.generate(root / "MELD.Raw", clips_per_class=2, seed=0, width=64, height=36,
+                        duration_range=(1.0, 1.0), workers=2)
+        status = preprocess.main([str(root / "MELD.Raw"), str(root / "cache"), "--workers", "2",
+                                  *preprocess_overrides])
+        assert status == 0, "preprocessing the tiny MELD folder failed"
+
+    root = shared_folder(tmp_path_factory, "tiny_meld", build)
     cache_dir = str(root / "cache")
     return {"cache_dir": cache_dir, "meld_root": str(root / "MELD.Raw"), "text_model": tiny_text_model,
             "overrides": [f"data.cache_dir={cache_dir}", *preprocess_overrides, *TINY_MODEL],
