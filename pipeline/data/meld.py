@@ -191,15 +191,19 @@ def parse_row(values: dict[str, str], where: str, line: int) -> MeldRow:
                    emotion, sentiment, line)
 
 
-def dialogue_context(rows: Iterable[MeldRow], turns: int) -> dict[str, tuple[tuple[str, str], ...]]:
-    """For each row id, the (speaker, utterance) of up to ``turns`` earlier rows of the same
-    dialogue (by Utterance_ID), oldest first."""
+def ordered_dialogues(rows: Iterable[MeldRow]) -> list[list[MeldRow]]:
+    """The rows grouped by dialogue, each dialogue in Utterance_ID order."""
     dialogues: dict[int, list[MeldRow]] = defaultdict(list)
     for row in rows:
         dialogues[row.dialogue_id].append(row)
+    return [sorted(members, key=lambda row: row.utterance_id) for members in dialogues.values()]
+
+
+def dialogue_context(rows: Iterable[MeldRow], turns: int) -> dict[str, tuple[tuple[str, str], ...]]:
+    """For each row id, the (speaker, utterance) of up to ``turns`` earlier rows of the same
+    dialogue (by Utterance_ID), oldest first."""
     context = {}
-    for members in dialogues.values():
-        members.sort(key=lambda row: row.utterance_id)
+    for members in ordered_dialogues(rows):
         for i, row in enumerate(members):
             earlier = members[max(0, i - turns): i] if turns else []
             context[row.id] = tuple((other.speaker, other.utterance) for other in earlier)
@@ -209,12 +213,8 @@ def dialogue_context(rows: Iterable[MeldRow], turns: int) -> dict[str, tuple[tup
 def dialogue_following(rows: Iterable[MeldRow], turns: int) -> dict[str, tuple[tuple[str, str], ...]]:
     """For each row id, the (speaker, utterance) of up to ``turns`` later rows of the same
     dialogue (by Utterance_ID), nearest first."""
-    dialogues: dict[int, list[MeldRow]] = defaultdict(list)
-    for row in rows:
-        dialogues[row.dialogue_id].append(row)
     following = {}
-    for members in dialogues.values():
-        members.sort(key=lambda row: row.utterance_id)
+    for members in ordered_dialogues(rows):
         for i, row in enumerate(members):
             following[row.id] = tuple((other.speaker, other.utterance) for other in members[i + 1: i + 1 + turns])
     return following

@@ -24,6 +24,7 @@ earlier turn keeps its end, a later one its start).
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -157,6 +158,7 @@ def tokenize_dialogue(target: str, before: Sequence[str], after: Sequence[str], 
     return (np.asarray(ids, dtype=np.int32), np.ones(len(ids), dtype=np.int8), target_mask)
 
 
+@functools.lru_cache(maxsize=8)  # per tokenizer and layout, not per utterance
 def special_tokens(tokenizer: Any, pair: bool) -> tuple[list[int], list[int], list[int]]:
     """The special token ids the tokenizer puts before the first segment, between the two
     (pair only) and after the last: ``[CLS]``, ``[SEP]``, ``[SEP]`` for BERT, ``<s>``,
