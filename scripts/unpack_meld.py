@@ -30,13 +30,51 @@ def fail(message: str) -> None:
     raise SystemExit(1)
 
 
+class RefusedMember(Exception):
+    """A member the ``data`` filter would refuse (its own FilterError where tarfile has one)."""
+
+
+# tarfile's extraction filters came with Python 3.12 and 3.11.4; Debian 12's python3 is 3.11.2.
+REFUSED = (RefusedMember, tarfile.FilterError) if hasattr(tarfile, "FilterError") else (RefusedMember,)
+
+
+def inside(root: str, path: str) -> bool:
+    return os.path.commonpath([root, os.path.realpath(path)]) == root
+
+
+def checked_members(tar: tarfile.TarFile, into: Path) -> list[tarfile.TarInfo]:
+    """The members, each checked as the ``data`` filter checks it, for Pythons without the
+    filter: leading slashes stripped, no name or link leading out of ``into``, no device or fifo;
+    no set-uid, set-gid or sticky bit and no write bit for group or others."""
+    root = os.path.realpath(into)
+    members = tar.getmembers()
+    for member in members:
+        member.name = member.name.lstrip("/" + os.sep)  # unpacked below the folder, as tar does
+        target = os.path.join(root, member.name)
+        if not inside(root, target):
+            raise RefusedMember(f"member {member.name!r} would be written outside the folder")
+        if member.isdev():
+            raise RefusedMember(f"member {member.name!r} is a device or fifo")
+        if member.issym() and (os.path.isabs(member.linkname)
+                               or not inside(root, os.path.join(os.path.dirname(target), member.linkname))):
+            raise RefusedMember(f"member {member.name!r} links outside the folder ({member.linkname!r})")
+        if member.islnk() and (os.path.isabs(member.linkname) or not inside(root, os.path.join(root, member.linkname))):
+            raise RefusedMember(f"member {member.name!r} is a hard link outside the folder ({member.linkname!r})")
+        member.mode &= 0o755
+    return members
+
+
 def extract(archive: Path, into: Path, shown: str) -> None:
-    """Unpack ``archive`` into ``into`` with the ``data`` filter; a refused member is one line."""
+    """Unpack ``archive`` into ``into`` with the ``data`` filter (or the same checks where
+    this Python lacks it); a refused member is one line."""
     print(f"unpacking {shown}", file=sys.stderr)
     try:
         with tarfile.open(archive, "r:gz") as tar:
-            tar.extractall(into, filter="data")
-    except tarfile.FilterError as err:  # absolute paths, "..", links out of the folder, devices
+            if hasattr(tarfile, "data_filter"):
+                tar.extractall(into, filter="data")
+            else:
+                tar.extractall(into, members=checked_members(tar, into))
+    except REFUSED as err:  # absolute paths, "..", links out of the folder, devices
         fail(f"{shown}: refusing to unpack it: {err}")
     except (tarfile.TarError, EOFError, OSError) as err:
         fail(f"{shown}: cannot be unpacked ({type(err).__name__}: {err})")

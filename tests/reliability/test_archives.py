@@ -116,3 +116,29 @@ def test_an_existing_file_with_other_content_is_replaced_only_when_asked(tmp_pat
     result = unpack(dest, archive, "--overwrite")
     assert result.returncode == 0, result.stderr
     assert newer.read_bytes() == b"Sr No.,Utterance\r\n"
+
+
+@pytest.mark.parametrize("planted", ["link_to_folder", "absolute_link", "dotdot_member", "device", "hard_link_out"])
+def test_pythons_without_tarfiles_filter_refuse_the_same_members(tmp_path, outside, planted, monkeypatch):
+    """Debian 12's python3 (3.11.2) has no extraction filters: unpack_meld's own checks refuse
+    what the ``data`` filter refuses, and strip a leading "/" as it does."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("unpack_meld", REPO / "scripts" / "unpack_meld.py")
+    unpack_meld = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(unpack_meld)
+    monkeypatch.delattr(tarfile, "data_filter", raising=False)
+    members = {
+        "link_to_folder": ("MELD.Raw/train_splits", b"", tarfile.SYMTYPE, str(outside)),
+        "absolute_link": ("MELD.Raw/notes", b"", tarfile.SYMTYPE, str(outside / "notes.txt")),
+        "dotdot_member": ("MELD.Raw/../../home/notes.txt", b"overwritten"),
+        "device": ("MELD.Raw/null", b"", tarfile.CHRTYPE),
+        "hard_link_out": ("MELD.Raw/hard", b"", tarfile.LNKTYPE, str(outside / "notes.txt")),
+    }
+    before = files_under(outside)
+    with pytest.raises(SystemExit):
+        unpack_meld.extract(release(tmp_path / "MELD.Raw.tar.gz", members[planted]), tmp_path / "into", "archive")
+    assert files_under(outside) == before
+    absolute = release(tmp_path / "absolute.tar.gz", (str(outside / "notes.txt"), b"overwritten"))
+    unpack_meld.extract(absolute, tmp_path / "stripped", "archive")
+    assert (tmp_path / "stripped" / str(outside / "notes.txt").lstrip("/")).read_bytes() == b"overwritten"
