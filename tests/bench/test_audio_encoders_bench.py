@@ -4,12 +4,14 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import yaml
 from bench_loader import load_bench
 
 from pipeline.data.cache import CacheSplit
 
 
+@pytest.mark.slow
 def test_audio_encoder_bench_trains_both_encoders_on_one_waveform_cache(tmp_path, capsys):
     bench = load_bench("audio_encoders")
     argv = ["--work-dir", str(tmp_path), "--quick", "--seeds", "0,1", "--epochs", "1", "--max-seconds", "1.5",

@@ -6,11 +6,13 @@ import os
 import subprocess
 import sys
 
+import pytest
 from bench_loader import REPO
 from conftest import TINY_MODEL, TINY_PREPROCESS
 from test_meld_text import write_csvs
 
 
+@pytest.mark.slow
 def test_the_gpu_script_runs_every_step_and_gathers_its_figures(tmp_path, tiny_text_model):
     write_csvs(tmp_path / "meld")
     tiny = [f"preprocess.text.model={tiny_text_model}", *TINY_PREPROCESS, *TINY_MODEL]

@@ -9,6 +9,7 @@ from bench_loader import REPO, load_bench
 from test_meld_text import write_csvs
 
 
+@pytest.mark.slow
 def test_meld_dialogue_bench_reports_each_row_over_its_seeds(tmp_path, tiny_text_model, capsys):
     write_csvs(tmp_path / "meld")
     load_bench("meld_text").main(["--meld-csv-dir", str(tmp_path / "meld"), "--work-dir", str(tmp_path / "text"),

@@ -34,6 +34,7 @@ def sklearn_figures(labels, predictions) -> dict:
             "macro_f1": per_class.mean(), "per_class": dict(zip(EMOTIONS, per_class))}
 
 
+@pytest.mark.slow
 def test_meld_text_bench_trains_and_reports_every_run(tmp_path, tiny_text_model, capsys):
     write_csvs(tmp_path / "meld")
     bench = load_bench("meld_text")

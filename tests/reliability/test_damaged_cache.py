@@ -67,6 +67,7 @@ def test_an_entry_of_the_wrong_shape_or_dtype_is_named(tiny_meld_cache, tmp_path
     assert str(list(arrays[name].shape)) in line and str(arrays[name].dtype) in line, line
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["cut_in_a_line", "last_lines_lost", "last_lines_and_an_entry_lost"])
 def test_preprocessing_repairs_a_manifest_cut_short(tiny_meld_cache, tmp_path, caplog, damage):
     cache = copy_cache(tiny_meld_cache, tmp_path)

@@ -49,6 +49,7 @@ def run_with_a_killed_worker(patched: str, tool: str, arguments: list) -> subpro
         pytest.fail(f"the run hung: still running {BOUND} s after one worker was killed")
 
 
+@pytest.mark.slow
 def test_preprocessing_goes_on_past_a_killed_worker_and_a_rerun_retries_its_clip(tiny_meld_cache, tmp_path):
     out = tmp_path / "cache"
     arguments = [tiny_meld_cache["meld_root"], out, "--splits", "dev", "--workers", "2",
@@ -69,6 +70,7 @@ def test_preprocessing_goes_on_past_a_killed_worker_and_a_rerun_retries_its_clip
     assert read_manifest(out / "dev") == reference
 
 
+@pytest.mark.slow
 def test_inference_gives_the_clip_of_a_killed_worker_an_error_row(trained_run, tiny_meld_cache, tmp_path):
     clips = Path(tiny_meld_cache["meld_root"]) / CLIP_DIRS["dev"]
     out = tmp_path / "p.jsonl"
