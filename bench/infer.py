@@ -1,7 +1,7 @@
 """Benchmark of batch inference: do decoding and the model overlap?
 
     python bench/infer.py [--clips-per-class 9] [--duration 3] [--device auto|cpu|cuda]
-        [--workers N] [--batch-size 16] [--config configs/demo.yaml] [key=value ...]
+        [--workers N] [--batch-size 16] [--config configs/demo.yaml] [--quantize int8] [key=value ...]
 
 Generates MELD-like clips (1280x720, H.264/AAC, ``--duration`` seconds; the test split of
 ``pipeline.sample``, whose CSV gives the transcripts), builds the model of the config
@@ -18,6 +18,10 @@ the slowest stage's rate (the target is >= 0.85: the pipeline runs at the pace o
 bottleneck), plus this process's CPU time per clip with and without overlap (equal when
 overlapping adds no work, so that any wall-time gap comes from busy cores). On the CPU the cores are split as ``pipeline.infer`` splits them: ``--workers``
 decode and the model gets the rest as torch threads, in every measurement.
+
+With ``--quantize int8`` (CPU only) the same checkpoint also runs quantized as
+``pipeline.infer --quantize int8`` runs it, in the same loop over the same decoded clips: the
+model alone and end to end for both, their speed-up, and the size of each state dict.
 """
 from __future__ import annotations
 
@@ -47,6 +51,7 @@ from pipeline.infer.clips import list_clips
 from pipeline.infer.decoding import DecodePool, batches, make_jobs
 from pipeline.infer.transcripts import read_transcripts
 from pipeline.model import build_model, make_checkpoint
+from pipeline.quantization import model_bytes
 from pipeline.train.distributed import save_on_main
 
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
@@ -85,6 +90,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--config", default=str(DEMO_CONFIG) if DEMO_CONFIG.is_file() else None)
     parser.add_argument("--repeat", type=int, default=2, help="measure each stage this often, keep the fastest")
     parser.add_argument("--dir", type=Path, default=None, help="working folder (default: a temporary one)")
+    parser.add_argument("--quantize", choices=["int8"], default=None,
+                        help="also measure the model quantized this way, side by side (CPU only)")
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -104,23 +111,29 @@ def main(argv: Sequence[str] | None = None) -> dict:
         transcripts = read_transcripts(work / "MELD.Raw" / CSV_NAMES["test"], context_turns)
         jobs = make_jobs(list_clips(str(clip_dir)), transcripts)
         predictor = predict.Predictor(checkpoint, device)
+        variants = {"": predictor}
+        if args.quantize:
+            variants[f" ({args.quantize})"] = predict.Predictor(checkpoint, device, args.quantize)
         lookahead = predict.default_lookahead(args.batch_size, workers)
-        times = {"decoding": math.inf, "model": math.inf, "end_to_end": math.inf}
-        main_cpu = {"model": math.inf, "end_to_end": math.inf}  # CPU seconds of this process
+        times = {"decoding": math.inf, **{f"{stage}{name}": math.inf for name in variants
+                                          for stage in ("model", "end_to_end")}}
+        main_cpu = {stage: math.inf for stage in times if stage != "decoding"}  # CPU seconds of this process
         with DecodePool(predictor.preprocess, workers, lookahead).start() as pool:
             warm = [item for item, _ in pool.imap(jobs[: max(1, workers)])]  # workers up, tokenizers loaded
-            predictor.rows(warm)  # first-call costs (allocations, kernel selection) paid here
+            for variant in variants.values():
+                variant.rows(warm)  # first-call costs (allocations, kernel selection) paid here
             for _ in range(args.repeat):  # interleaved, so each stage sees the same machine load
                 seconds, decoded = timed(lambda: [item for item, _ in pool.imap(jobs)])
                 times["decoding"] = min(times["decoding"], seconds)
                 groups = list(batches(((item, True) for item in decoded), args.batch_size))  # full batches
-                seconds, _ = timed(lambda: [predictor.rows(group) for group in groups])
-                times["model"] = min(times["model"], seconds)
-                main_cpu["model"] = min(main_cpu["model"], CPU_SECONDS[-1])
-                seconds, summary = timed(predict.run, predictor, jobs, pool, work / "predictions.jsonl",
-                                         args.batch_size)
-                times["end_to_end"] = min(times["end_to_end"], seconds)
-                main_cpu["end_to_end"] = min(main_cpu["end_to_end"], CPU_SECONDS[-1])
+                for name, variant in variants.items():
+                    seconds, _ = timed(lambda: [variant.rows(group) for group in groups])
+                    times[f"model{name}"] = min(times[f"model{name}"], seconds)
+                    main_cpu[f"model{name}"] = min(main_cpu[f"model{name}"], CPU_SECONDS[-1])
+                    seconds, summary = timed(predict.run, variant, jobs, pool, work / "predictions.jsonl",
+                                             args.batch_size)
+                    times[f"end_to_end{name}"] = min(times[f"end_to_end{name}"], seconds)
+                    main_cpu[f"end_to_end{name}"] = min(main_cpu[f"end_to_end{name}"], CPU_SECONDS[-1])
 
     n = len(jobs)
     rates = {stage: n / seconds for stage, seconds in times.items()}
@@ -143,6 +156,16 @@ def main(argv: Sequence[str] | None = None) -> dict:
     print(f"  this process's CPU: {main_cpu['model'] / n * 1000:.1f} ms/clip model alone, "
           f"{main_cpu['end_to_end'] / n * 1000:.1f} ms/clip end to end; load average "
           f"{os.getloadavg()[0]:.1f} on {predict.available_cores()} cores")
+    if args.quantize:
+        name = f" ({args.quantize})"
+        for stage, label in (("model", "model alone"), ("end_to_end", "end to end")):
+            print(f"  {label + name:<15}: {times[stage + name] / n * 1000:8.1f} ms/clip  "
+                  f"({n / times[stage + name]:.2f} clips/s, {times[stage] / times[stage + name]:.2f}x float32)")
+        sizes = {label: model_bytes(variant.model) / 1e6 for label, variant in (("float32", predictor),
+                                                                                 (args.quantize, variants[name]))}
+        print("  model size: " + ", ".join(f"{label} {mb:.1f} MB" for label, mb in sizes.items()))
+        result["quantized"] = {"scheme": args.quantize, "model_s_per_clip": times["model" + name] / n,
+                               "end_to_end_clips_per_s": n / times["end_to_end" + name], "size_mb": sizes}
     print(f"  {common.peak_memory(device)}")
     return result
 

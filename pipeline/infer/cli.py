@@ -2,7 +2,7 @@
 
     python -m pipeline.infer --checkpoint RUN/best.pt [RUN2/best.pt ...] --clips DIR|GLOB|LIST.txt
         [--transcripts MELD.csv|CLIPS.csv] --out predictions.jsonl|.csv
-        [--batch-size B] [--workers N] [--device auto|cpu|cuda|cuda:N]
+        [--batch-size B] [--workers N] [--device auto|cpu|cuda|cuda:N] [--quantize int8]
 
 Several checkpoints make an ensemble (``pipeline.infer.ensemble``): each decodes the clips as it
 was trained, and a clip's row holds their class probabilities averaged.
@@ -38,6 +38,9 @@ line and leaves it cut back to its last whole row). Before any work, an ``--out`
 sidecar, the checkpoint, the transcripts, the list; links resolved) or a directory is
 refused, and ``OUT.partial`` is locked (``fcntl.flock``): a second run with the same
 ``--out`` is refused while one writes.
+
+``--quantize int8`` runs each model with dynamic INT8 linear layers on the CPU
+(``pipeline.quantization``; refused on a GPU), and every row says so (``quantization``).
 
 Decoding runs in a pool of long-lived worker processes (each loads the tokenizer once) fed
 through a bounded window of clips in input order, while this process batches the decoded
@@ -111,6 +114,9 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=int, default=None,
                         help="decoding processes (default: all cores on a GPU, half on the CPU; 0 = in this process)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: %(default)s)")
+    parser.add_argument("--quantize", choices=["int8"], default=None,
+                        help="int8: dynamic INT8 quantization of the model's linear layers, on the CPU only "
+                             "(default: off, the weights as trained)")
     return parser
 
 
@@ -141,6 +147,7 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
     from pipeline.infer.predictions import OutputError, RowWriter, check_output
     from pipeline.infer.transcripts import InputError, read_transcripts
     from pipeline.model import CheckpointError
+    from pipeline.quantization import QuantizeError
 
     try:
         device = pick_device(args.device)
@@ -158,12 +165,12 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
             transcripts = (read_transcripts(args.transcripts, pcfg.text.context_turns, pcfg.text.context_after)
                            if args.transcripts is not None else None)
             jobs = make_jobs(clips, transcripts, [Path(args.clips)] if Path(args.clips).is_file() else [])
-            predictors.append(Predictor(ckpt, device))
+            predictors.append(Predictor(ckpt, device, args.quantize))
             member_jobs.append(in_dialogue_order(jobs) if predictors[-1].model.reads_dialogues else jobs)
             logger.info("checkpoint %s (epoch %s), %s model on %s", path, ckpt.get("epoch"),
                         "+".join(predictors[-1].modalities), device)
         check_members(predictors, args.checkpoint)
-        writer = RowWriter(args.out, predictors[0].labels)  # locks OUT.partial before any decoding
+        writer = RowWriter(args.out, predictors[0].labels, ["quantization"] if args.quantize else [])  # locks OUT.partial before any decoding
         workers = default_workers(device) if args.workers is None else args.workers
 
         def open_pool(predictor: Predictor, count: int) -> DecodePool:
@@ -171,7 +178,8 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
                               default_lookahead(args.batch_size, workers)).start()
 
         pool = open_pool(predictors[0], len(member_jobs[0])) if len(predictors) == 1 else None
-    except (CheckpointError, ConfigError, InputError, meld.MeldFormatError, OSError, OutputError) as err:
+    except (CheckpointError, ConfigError, InputError, meld.MeldFormatError, OSError, OutputError,
+            QuantizeError) as err:
         if writer is not None:
             writer.abandon()
         logger.error("%s", err)

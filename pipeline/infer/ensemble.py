@@ -50,6 +50,8 @@ def averaged(rows: Sequence[Mapping[str, Any]], labels: Mapping[str, Sequence[st
     names = list(labels.get("regression", []))
     merged["regression"] = ({name: float(np.mean([row["regression"][name] for row in rows])) for name in names}
                             if names and all(row["regression"] for row in rows) else {})
+    if "quantization" in first:
+        merged["quantization"] = first["quantization"]
     return merged
 
 

@@ -22,6 +22,7 @@ from pipeline.infer.decoding import Decoded, DecodePool, Job, batches, dialogue_
 from pipeline.infer.predictions import TASKS, RowWriter
 from pipeline.metrics import classification_metrics
 from pipeline.model import CheckpointError, MultimodalModel
+from pipeline.quantization import quantize
 
 logger = logging.getLogger(__name__)
 
@@ -31,11 +32,15 @@ logger = logging.getLogger(__name__)
 class Predictor:
     """The checkpoint's model on ``device``, turning a list of decoded clips into rows."""
 
-    def __init__(self, ckpt: Mapping[str, Any], device: torch.device) -> None:
+    def __init__(self, ckpt: Mapping[str, Any], device: torch.device, quantization: str | None = None) -> None:
         cfg = config_from_dict(ckpt["config"])
         self.model = MultimodalModel.from_checkpoint(ckpt).to(device)
         self.device = device
         self.dtype = inference_dtype(cfg.train.amp, device)  # fp32 on the CPU, whatever the training used
+        self.quantization = quantization  # None, or the scheme every row names
+        if quantization is not None:
+            quantize(self.model, quantization, device)  # QuantizeError on a GPU
+            self.dtype = None  # int8 products, float32 elsewhere: no autocast on top
         self.modalities = sorted(self.model.encoders)
         self.preprocess = dict(ckpt["preprocess"])
         self.labels: dict[str, list[str]] = {task: list(names) for task, names in ckpt["labels"].items()}
@@ -87,6 +92,9 @@ class Predictor:
                 row["gates"] = [float(g) for g in outputs["gates"][position]]
             rows.append(row)
             position += 1
+        if self.quantization is not None:
+            for row in rows:
+                row["quantization"] = self.quantization
         return rows
 
 

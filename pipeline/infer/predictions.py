@@ -95,7 +95,8 @@ class RowWriter:
     unbuffered, so that after a failed write (a full disk) the file can be cut back to the
     end of the last whole row (``size`` bytes, ``rows`` rows)."""
 
-    def __init__(self, out: Path, labels: Mapping[str, Sequence[str]]) -> None:
+    def __init__(self, out: Path, labels: Mapping[str, Sequence[str]], extra: Sequence[str] = ()) -> None:
+        """``extra``: columns after the standard ones that every row has (``quantization``)."""
         self.out = out
         self.partial = out.with_name(out.name + ".partial")
         self.file = claim_partial(self.partial)
@@ -105,7 +106,7 @@ class RowWriter:
             self.columns = (["clip", "id", "status", "error", "modalities"]
                             + [column for task in TASKS
                                for column in (task, *(f"{task}_prob_{name}" for name in labels[task]))]
-                            + [f"regression_{name}" for name in labels["regression"]] + ["gates"])
+                            + [f"regression_{name}" for name in labels["regression"]] + ["gates", *extra])
             self.line = io.StringIO()
             self.csv = csv.DictWriter(self.line, fieldnames=self.columns)
             self.csv.writeheader()
@@ -179,4 +180,6 @@ def flatten_row(row: Mapping[str, Any]) -> dict[str, Any]:
         flat[f"regression_{name}"] = value
     if "gates" in row:
         flat["gates"] = json.dumps(row["gates"])
+    if "quantization" in row:
+        flat["quantization"] = row["quantization"]
     return flat

@@ -18,11 +18,15 @@ from pipeline import infer, preprocess, train
 from pipeline.data.meld import CLIP_DIRS, CSV_NAMES
 
 
+# Two steps of training on the tiny MELD cache's train split, on the CPU (no test split).
+QUICK_RUN = ["train.epochs=1", "train.max_steps_per_epoch=2", "train.batch_size=4", "data.num_workers=0",
+             "train.device=cpu", "data.test_split="]
+
+
 @pytest.fixture(scope="module")
 def members(tiny_meld_cache, tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("ensemble")
-    common = ["train.epochs=1", "train.max_steps_per_epoch=2", "train.batch_size=4", "data.num_workers=0",
-              "train.device=cpu", "data.test_split="]
+    common = QUICK_RUN
     train.main([*tiny_meld_cache["overrides"], *common, f"output_dir={root / 'a'}"])
     text = [*tiny_meld_cache["preprocess_overrides"], "preprocess.text.context_turns=1", "preprocess.modalities=[text]"]
     assert preprocess.main([tiny_meld_cache["meld_root"], str(root / "cache"), "--splits", "train,dev",
