@@ -168,7 +168,10 @@ class TrainConfig:
     loss: Literal["ce", "focal"] = "ce"
     focal_gamma: float = 2.0
     label_smoothing: float = 0.0
-    regression_loss: Literal["huber", "mse"] = "huber"
+    # auto: a short probe with each (loss_probe_epochs, the same seed and data) keeps the one
+    # whose validation RMSE on the regression targets is lower
+    regression_loss: Literal["huber", "mse", "auto"] = "huber"
+    loss_probe_epochs: int = 1
     huber_delta: float = 0.6
     density_alpha: float = 0.0  # 0 = off; >0 weights regression samples by (1/density)^alpha
     task_weights: dict[str, float] = field(default_factory=lambda: {
@@ -201,6 +204,10 @@ class TrainConfig:
         require(self.focal_gamma >= 0, "focal_gamma", "must be >= 0")
         require(0 <= self.label_smoothing < 1, "label_smoothing", "must be in [0, 1)")
         require(self.huber_delta > 0, "huber_delta", "must be > 0")
+        require(self.loss_probe_epochs >= 1, "loss_probe_epochs", f"must be >= 1, got {self.loss_probe_epochs}")
+        require(self.regression_loss != "auto" or self.task_weights.get("regression", 0.0) > 0, "regression_loss",
+                "auto compares the losses on the regression targets, but task_weights.regression is 0: "
+                "set it above 0 or choose huber or mse")
         require(self.density_alpha >= 0, "density_alpha", "must be >= 0")
         unknown = sorted(set(self.task_weights) - {"emotion", "sentiment", "regression"})
         require(not unknown, "task_weights", f"unknown tasks {unknown}")

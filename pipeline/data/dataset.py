@@ -108,9 +108,13 @@ def make_item(id_: str, arrays: Mapping[str, np.ndarray], present: Collection[st
 
 
 def labels_of(record: dict[str, Any]) -> dict[str, Any]:
-    """Class indices (IGNORE_INDEX when unknown) and the regression targets (nan when unknown)."""
+    """Class indices (IGNORE_INDEX when unknown) and the regression targets (nan when unknown):
+    the record's ``polarity`` (the CSV's optional Polarity column) when it has one, else the
+    sentiment's -1 / 0 / 1."""
     emotion, sentiment = record.get("emotion"), record.get("sentiment")
-    targets = {"polarity": POLARITY.get(sentiment, float("nan"))}
+    polarity = record.get("polarity")
+    targets = {"polarity": float(polarity) if isinstance(polarity, (int, float)) and not isinstance(polarity, bool)
+               else POLARITY.get(sentiment, float("nan"))}
     return {"emotion": EMOTIONS.index(emotion) if emotion in EMOTIONS else IGNORE_INDEX,
             "sentiment": SENTIMENTS.index(sentiment) if sentiment in SENTIMENTS else IGNORE_INDEX,
             "regression": torch.tensor([targets[name] for name in REGRESSION], dtype=torch.float32)}

@@ -12,6 +12,7 @@ import bisect
 import csv
 import io
 import logging
+import math
 import re
 from collections import defaultdict
 from dataclasses import dataclass
@@ -27,6 +28,9 @@ CSV_NAMES = {"train": "train_sent_emo.csv", "dev": "dev_sent_emo.csv", "test": "
 CLIP_DIRS = {"train": "train_splits", "dev": "dev_splits_complete", "test": "output_repeated_splits_test"}
 SEARCH_DEPTH = 3  # e.g. ROOT/MELD.Raw/train/train_splits
 COLUMNS = ("Utterance", "Speaker", "Emotion", "Sentiment", "Dialogue_ID", "Utterance_ID")
+# Read when the header has it: a real-valued polarity (e.g. a MOSI-style score in [-3, 3]),
+# the regression target in place of the sentiment's -1 / 0 / 1; an empty cell means unknown.
+OPTIONAL_COLUMNS = ("Polarity",)
 
 
 class MeldFormatError(ValueError):
@@ -45,6 +49,7 @@ class MeldRow:
     emotion: str  # one of labels.EMOTIONS
     sentiment: str  # one of labels.SENTIMENTS
     line: int  # where the row starts in its CSV, for messages
+    polarity: float | None = None  # the optional Polarity column (None: absent or empty)
 
 
 def utterance_id(dialogue_id: int, utterance_id: int) -> str:
@@ -154,7 +159,7 @@ def read_csv(path: str | Path) -> list[MeldRow]:
     missing = [name for name in COLUMNS if name not in header]
     if missing:
         raise MeldFormatError(f"{path}: missing columns {missing} (header: {header})")
-    column = {name: header.index(name) for name in COLUMNS}
+    column = {name: header.index(name) for name in (*COLUMNS, *OPTIONAL_COLUMNS) if name in header}
     rows: list[MeldRow] = []
     first_line: dict[str, int] = {}
     for line, fields in rows_read:
@@ -187,8 +192,16 @@ def parse_row(values: dict[str, str], where: str, line: int) -> MeldRow:
     if sentiment not in SENTIMENTS:
         raise MeldFormatError(f"{where}: unknown sentiment {values['Sentiment']!r}; "
                               f"expected one of {list(SENTIMENTS)}")
+    polarity = None
+    if values.get("Polarity", "").strip():
+        try:
+            polarity = float(values["Polarity"])
+        except ValueError:
+            polarity = math.nan
+        if not math.isfinite(polarity):
+            raise MeldFormatError(f"{where}: Polarity {values['Polarity']!r} is not a finite number")
     return MeldRow(utterance_id(*ids), ids[0], ids[1], values["Speaker"], values["Utterance"],
-                   emotion, sentiment, line)
+                   emotion, sentiment, line, polarity)
 
 
 def ordered_dialogues(rows: Iterable[MeldRow]) -> list[list[MeldRow]]:

@@ -42,10 +42,13 @@ class Task:
 
 # --------------------------------------------------------------------------- planning
 def manifest_row(split: str, row: meld.MeldRow) -> dict[str, Any]:
-    return {"id": row.id, "split": split, "status": None, "reason": None, "modalities": [],
-            "emotion": row.emotion, "sentiment": row.sentiment, "speaker": normalize_text(row.speaker),
-            "dialogue_id": row.dialogue_id, "utterance_id": row.utterance_id,
-            "text": normalize_text(row.utterance)}
+    record = {"id": row.id, "split": split, "status": None, "reason": None, "modalities": [],
+              "emotion": row.emotion, "sentiment": row.sentiment, "speaker": normalize_text(row.speaker),
+              "dialogue_id": row.dialogue_id, "utterance_id": row.utterance_id,
+              "text": normalize_text(row.utterance)}
+    if row.polarity is not None:  # the CSV's optional Polarity column
+        record["polarity"] = row.polarity
+    return record
 
 
 def unlabelled_row(split: str, clip_id: str) -> dict[str, Any]:

@@ -28,7 +28,8 @@ the run with one line and leaves the checkpoints written before it whole.
 The stage's modules: ``cli`` (the command), ``fit`` (the epochs of a run), ``session`` (what a
 run trains with), ``loading`` (caches, vectors and loaders), ``loops`` (one epoch, evaluation),
 ``losses``, ``optim`` (parameter groups, schedule, weight averaging), ``checkpoint``,
-``distributed`` (torchrun), ``guards`` (preemption, one run per folder) and ``run_outputs``.
+``distributed`` (torchrun), ``guards`` (preemption, one run per folder), ``run_outputs`` and
+``probe`` (``train.regression_loss=auto``).
 """
 from pipeline.train.cli import main
 

@@ -16,6 +16,7 @@ from pipeline.train import distributed as dist
 from pipeline.train.checkpoint import config_changes, inference_checkpoint, restore, resume_checkpoint, run_checkpoint
 from pipeline.train.guards import Preempted, RunLock, StopOnSignal, check_output_dir
 from pipeline.train.loops import evaluate, train_one_epoch
+from pipeline.train.probe import choose_regression_loss
 from pipeline.train.run_outputs import MONITOR, monitored, summary, write_json, write_reports
 from pipeline.train.session import Session, prepare
 
@@ -29,13 +30,14 @@ def train(cfg: Config, device: torch.device) -> dict:
     # Only rank 0 writes and reads output_dir; what the others need of it comes by broadcast,
     # so nodes without a shared filesystem agree (dist.from_main).
     dist.from_main(lambda: check_output_dir(out_dir, cfg.train.resume, cfg.train.overwrite))
+    cfg, probe = choose_regression_loss(cfg, device, train)  # train.regression_loss=auto: two short runs first
     dist.seed_everything(cfg.train.seed)
     run = prepare(cfg, device)  # checks the caches first: a refused run leaves no output folder
     lock = RunLock(out_dir)
     dist.from_main(lock.acquire)  # one run per output_dir (refused on every rank)
     try:
         with StopOnSignal() as stop:
-            return fit(cfg, run, stop)
+            return fit(cfg, run, stop, {"regression_loss_probe": probe} if probe else {})
     finally:
         lock.release()
 
@@ -64,8 +66,9 @@ def resume_from(cfg: Config, run: Session, last_path: Path) -> dict | None:
     return ckpt
 
 
-def fit(cfg: Config, run: Session, stop: StopOnSignal) -> dict:
-    """The epochs of a run, from scratch or resumed, then the final evaluation and reports."""
+def fit(cfg: Config, run: Session, stop: StopOnSignal, extra: dict | None = None) -> dict:
+    """The epochs of a run, from scratch or resumed, then the final evaluation and reports;
+    ``extra`` goes into metrics.json as it is."""
     out_dir, device = Path(cfg.output_dir), run.device
     main = dist.is_main_process()
     last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
@@ -145,7 +148,7 @@ def fit(cfg: Config, run: Session, stop: StopOnSignal) -> dict:
                 scalars.append(("holdout/emotion_weighted_f1", monitored(holdout)))
             for name, value in scalars:
                 writer.add_scalar(name, value, (epoch + 1) * run.steps_per_epoch)
-            write_json(out_dir / "metrics.json", summary(history, best, None))
+            write_json(out_dir / "metrics.json", {**summary(history, best, None), **(extra or {})})
             plot_curves(history, out_dir / "curves.png")
         if epoch + 1 < cfg.train.epochs and stop.requested(device):  # the signal came in evaluation or saving
             raise Preempted(f"stopped by {stop.name} after epoch {epoch + 1}: {last_path} holds the run; continue "
@@ -156,7 +159,7 @@ def fit(cfg: Config, run: Session, stop: StopOnSignal) -> dict:
     dist.broadcast_state(model)  # best.pt's weights on every rank, whether or not it can read the file
     final_split = "test" if "test" in run.loaders else "val"
     final, _ = evaluate(model, run.loaders[final_split], run.loss_fn, device, run.dtype)
-    result = summary(history, best, final if final_split == "test" else None)
+    result = {**summary(history, best, final if final_split == "test" else None), **(extra or {})}
     if main:
         write_json(out_dir / "metrics.json", result)
         write_reports(out_dir, final, cfg.data.test_split if final_split == "test" else cfg.data.val_split)

@@ -51,6 +51,8 @@ TRAIN_EFFECTS: dict[str, tuple[list[str], list[str]]] = {
 }
 # Keys whose effect is not on two steps' weights, with the test that shows it.
 TRAIN_COVERED_ELSEWHERE = {
+    "loss_probe_epochs": "tests/pipeline/train/test_loss_probe.py::"
+                         "test_the_probe_keeps_the_loss_with_the_lower_validation_rmse",
     "epochs": "tests/pipeline/train/test_train.py::test_early_stopping_and_validation_without_test_split",
     "early_stopping_patience": "tests/pipeline/train/test_train.py::"
                                "test_early_stopping_and_validation_without_test_split",
