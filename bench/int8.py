@@ -26,14 +26,14 @@ import argparse
 import copy
 import logging
 import time
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 from sklearn.metrics import f1_score
 
 from bench import common
-from pipeline.config import config_from_dict, to_dict
+from pipeline.config import Config, config_from_dict, to_dict
 from pipeline.data.cache import CacheSplit
 from pipeline.data.dataset import MeldDataset
 from pipeline.model import MultimodalModel, load_checkpoint
@@ -58,12 +58,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def batches(ckpt: dict[str, Any], model: MultimodalModel, split_dir: Path, batch_size: int) -> list[dict]:
+def batches(cfg: Config, model: MultimodalModel, split_dir: Path) -> list[dict]:
     """Every batch of the split, collated, in evaluation order (whole dialogues for a dialogue model)."""
-    cfg = config_from_dict(ckpt["config"])
-    if batch_size:
-        cfg.train.batch_size = batch_size
-    cfg.data.num_workers = 0
     cache = CacheSplit(split_dir)
     cache.check_params(to_dict(cfg.preprocess))
     dataset = MeldDataset(cache.split_dir, cfg.model.modalities)
@@ -91,14 +87,16 @@ def labels_of(split: list[dict]) -> np.ndarray:
 def bench_checkpoint(path: Path, args: argparse.Namespace) -> list[list[object]]:
     ckpt = load_checkpoint(path)
     cfg = config_from_dict(ckpt["config"])
+    cfg.train.batch_size = args.batch_size or cfg.train.batch_size
+    cfg.data.num_workers = 0
     model = MultimodalModel.from_checkpoint(ckpt).eval()
     quantized = copy.deepcopy(model)
-    info = quantize(quantized, "int8", torch.device("cpu"))
-    sizes = {"float32": model_bytes(model), "int8": info["after"]}
+    quantize(quantized, "int8", torch.device("cpu"))
+    sizes = {"float32": model_bytes(model), "int8": model_bytes(quantized)}
     cache_dir = args.cache_dir or Path(cfg.data.cache_dir)
     rows = []
     for split_name in [s for s in args.splits.split(",") if s]:
-        split = batches(ckpt, model, cache_dir / split_name, args.batch_size)
+        split = batches(cfg, model, cache_dir / split_name)
         labels = labels_of(split)
         known = labels >= 0
         found = {name: predict(net, split, args.repeats) for name, net in (("float32", model), ("int8", quantized))}

@@ -45,7 +45,8 @@ class QuantizeError(RuntimeError):
 
 
 def model_bytes(model: nn.Module) -> int:
-    """Bytes of the model's state dict as ``torch.save`` writes it (the size on disk)."""
+    """Bytes of the model's state dict as ``torch.save`` writes it (the size on disk): a full
+    serialization, for the benches, not for every inference start."""
     buffer = io.BytesIO()
     torch.save(model.state_dict(), buffer)
     return buffer.tell()
@@ -59,8 +60,8 @@ def quantized_layers(model: nn.Module) -> int:
 
 def quantize(model: nn.Module, scheme: str, device: torch.device) -> dict[str, Any]:
     """Quantize ``model`` in place with ``scheme`` (``int8``) for inference on ``device``
-    (the CPU); returns what was done: ``scheme``, ``method``, ``linear_layers`` (how many
-    became int8), and the model's bytes ``before`` and ``after``."""
+    (the CPU); returns what was done: ``scheme``, ``method`` and ``linear_layers`` (how many
+    became int8)."""
     if scheme not in CHOICES:
         raise QuantizeError(f"--quantize {scheme}: unknown scheme; choose one of {', '.join(CHOICES)}")
     if device.type != "cpu":
@@ -71,7 +72,6 @@ def quantize(model: nn.Module, scheme: str, device: torch.device) -> dict[str, A
     except ImportError as err:
         raise QuantizeError(f"--quantize {scheme}: this torch {torch.__version__} has no dynamic quantization "
                             f"({err}); install the tested torch with `pip install -c constraints.txt torch`") from None
-    before = model_bytes(model)
     model.eval()
     if any(isinstance(module, (nn.TransformerEncoder, nn.TransformerEncoderLayer)) for module in model.modules()):
         # Their fused "fast path" reads linear1.weight as a tensor, which a quantized layer holds
@@ -80,8 +80,6 @@ def quantize(model: nn.Module, scheme: str, device: torch.device) -> dict[str, A
     with warnings.catch_warnings():  # the deprecation notice of torch.ao.quantization (see above)
         warnings.simplefilter("ignore")
         quantize_dynamic(model, {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8, inplace=True)
-    info = {"scheme": scheme, "method": METHOD, "linear_layers": quantized_layers(model), "before": before,
-            "after": model_bytes(model)}
-    log.info("quantized %d linear layers to dynamic int8 (%s): %.1f MB -> %.1f MB", info["linear_layers"], METHOD,
-             before / 1e6, info["after"] / 1e6)
+    info = {"scheme": scheme, "method": METHOD, "linear_layers": quantized_layers(model)}
+    log.info("quantized %d linear layers to dynamic int8 (%s)", info["linear_layers"], METHOD)
     return info

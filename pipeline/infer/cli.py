@@ -170,7 +170,8 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
             logger.info("checkpoint %s (epoch %s), %s model on %s", path, ckpt.get("epoch"),
                         "+".join(predictors[-1].modalities), device)
         check_members(predictors, args.checkpoint)
-        writer = RowWriter(args.out, predictors[0].labels, ["quantization"] if args.quantize else [])  # locks OUT.partial before any decoding
+        # locks OUT.partial before any decoding; a quantized run's rows have one more column
+        writer = RowWriter(args.out, predictors[0].labels, ["quantization"] if args.quantize else [])
         workers = default_workers(device) if args.workers is None else args.workers
 
         def open_pool(predictor: Predictor, count: int) -> DecodePool:
