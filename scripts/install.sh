@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything the project needs on a fresh Debian/Ubuntu machine (run as root or with sudo):
-# Debian's ffmpeg and espeak-ng, then this package with its Python dependencies, checked by
+# Debian's ffmpeg, espeak-ng and wordnet-base (WordNet 3.0 in /usr/share/wordnet, read by the
+# synonym replacement augmentation, train.synonym_replace_samples), then this package with its Python dependencies, checked by
 # `pip check` (the script fails when it reports a conflict).
 #
 # By default the Python packages go into a project virtual environment, .venv/ at the repository
@@ -22,6 +23,9 @@ apt_install() {
 }
 if ! command -v ffmpeg >/dev/null || ! command -v ffprobe >/dev/null || ! command -v espeak-ng >/dev/null; then
     apt_install ffmpeg espeak-ng
+fi
+if [ ! -f /usr/share/wordnet/index.noun ]; then
+    apt_install wordnet-base
 fi
 
 if [ -n "${PYTHON:-}" ]; then

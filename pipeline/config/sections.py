@@ -180,6 +180,12 @@ class TrainConfig:
     unfreeze_after_epochs: int = 0  # progressive unfreezing: text encoder fully trainable after N epochs
     token_mask_prob: float = 0.15  # share of tokens masked in an augmented sample
     token_mask_samples: float = 0.1  # share of samples that get token masking
+    # synonym replacement: in synonym_replace_samples of the samples, synonym_replace_prob of the
+    # target utterance's words become WordNet synonyms (0 = off); wordnet_dir: a WordNet 3.0
+    # database folder (Debian's wordnet-base installs it in /usr/share/wordnet)
+    synonym_replace_samples: float = 0.0
+    synonym_replace_prob: float = 0.15
+    wordnet_dir: str = "/usr/share/wordnet"
     gradient_checkpointing: bool = False
     ema_decay: float = 0.0  # 0 = off; e.g. 0.995: validate, checkpoint and infer with an EMA of the weights
     seed: int = 0
@@ -217,6 +223,8 @@ class TrainConfig:
         require(self.unfreeze_after_epochs >= 0, "unfreeze_after_epochs", "must be >= 0")
         require(0 <= self.token_mask_prob <= 1, "token_mask_prob", "must be in [0, 1]")
         require(0 <= self.token_mask_samples <= 1, "token_mask_samples", "must be in [0, 1]")
+        require(0 <= self.synonym_replace_samples <= 1, "synonym_replace_samples", "must be in [0, 1] (0 = off)")
+        require(0 < self.synonym_replace_prob <= 1, "synonym_replace_prob", "must be in (0, 1]")
         require(self.log_every >= 1, "log_every", "must be >= 1")
         require(self.dist_timeout_minutes > 0, "dist_timeout_minutes", "must be > 0")
         require(re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device) is not None, "device",

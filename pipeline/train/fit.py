@@ -131,6 +131,11 @@ def fit(cfg: Config, run: Session, stop: StopOnSignal, extra: dict | None = None
             "data_wait_share": stats["data_wait"] / max(stats["seconds"], 1e-9), "val": val})
         if holdout is not None:
             history[-1]["holdout"] = holdout
+        replaced = run.augment.take_counts() if run.augment is not None else None
+        if replaced is not None:  # this process's batches (each DDP rank draws its own)
+            history[-1]["synonyms_replaced"] = replaced
+            log.info("epoch %d: synonym replacement changed %d words in %d samples", epoch + 1, replaced["words"],
+                     replaced["samples"])
         checkpoint = run_checkpoint(cfg, run, epoch + 1, best, bad_epochs, history)
         if improved:  # best.pt before last.pt: a kill in between reruns this epoch, rewriting both
             dist.save_on_main(inference_checkpoint(checkpoint), best_path)

@@ -1,6 +1,6 @@
 """The training and evaluation loops: ``train_one_epoch`` (gradient accumulation, AMP, DDP,
 clipping, schedule and weight average per optimizer step) and ``evaluate`` (exact metrics
-over the ranks), plus the text augmentation applied to training batches."""
+over the ranks); the text augmentations of pipeline.train.augment change training batches."""
 from __future__ import annotations
 
 import contextlib
@@ -16,35 +16,13 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from pipeline.config import ConfigError, TrainConfig
+from pipeline.config import TrainConfig
 from pipeline.execution import autocast, to_device
 from pipeline.metrics import compute_metrics
 from pipeline.train import distributed as dist
+from pipeline.train.augment import TextAugmentation
 from pipeline.train.losses import MultitaskLoss
 from pipeline.train.optim import WeightAverage
-
-
-class TokenMasker:
-    """Text augmentation: in ``sample_share`` of the samples, replace ``token_share`` of the
-    real (non-special, non-padding) tokens with the tokenizer's mask token."""
-
-    def __init__(self, tokenizer: Any, token_share: float, sample_share: float) -> None:
-        if tokenizer.mask_token_id is None:
-            raise ConfigError(f"train.token_mask_samples: the tokenizer {type(tokenizer).__name__} has no "
-                              "mask token; set train.token_mask_samples=0")
-        self.mask_id = tokenizer.mask_token_id
-        self.special_ids = torch.tensor(sorted(tokenizer.all_special_ids))
-        self.token_share, self.sample_share = token_share, sample_share
-
-    def __call__(self, text: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """``{"input_ids": Long[B,L], "attention_mask": [B,L], ...}`` -> the same with masked ids."""
-        input_ids = text["input_ids"]
-        batch, length = input_ids.shape
-        chosen = torch.rand(batch) < self.sample_share
-        candidates = (text["attention_mask"].bool() & ~torch.isin(input_ids, self.special_ids)
-                      & chosen[:, None])
-        masked = candidates & (torch.rand(batch, length) < self.token_share)
-        return {**text, "input_ids": input_ids.masked_fill(masked, self.mask_id)}
 
 
 class NonFiniteError(FloatingPointError):
@@ -64,7 +42,7 @@ def check_finite(value: torch.Tensor, what: str, epoch: int, step: int, ids: lis
 def train_one_epoch(model: nn.Module, loader: DataLoader, loss_fn: MultitaskLoss,
                     optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
                     scaler: torch.amp.GradScaler, device: torch.device, cfg: TrainConfig, epoch: int,
-                    dtype: torch.dtype | None = None, augment: TokenMasker | None = None,
+                    dtype: torch.dtype | None = None, augment: TextAugmentation | None = None,
                     writer: Any = None, average: WeightAverage | None = None,
                     carried: Mapping[str, Any] | None = None,
                     stop: Callable[[], bool] | None = None) -> dict[str, Any]:
@@ -102,7 +80,7 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, loss_fn: MultitaskLoss
         if step < start_step:
             continue
         if augment is not None and "text" in batch:
-            batch["text"] = augment(batch["text"])
+            batch["text"] = augment(batch["text"], batch["ids"])
         batch = to_device(batch, device)
         group_start = step - step % cfg.accumulate
         group_size = min(cfg.accumulate, steps - group_start)

@@ -21,7 +21,7 @@ from pipeline.execution import amp_dtype
 from pipeline.model import MultimodalModel, build_model, check_text_length
 from pipeline.train import distributed as dist
 from pipeline.train.loading import evaluation_order, make_loader, open_embedded, open_split, training_order
-from pipeline.train.loops import TokenMasker
+from pipeline.train.augment import TextAugmentation, build_augmentation
 from pipeline.train.losses import MultitaskLoss, build_loss
 from pipeline.train.optim import WeightAverage, param_groups, warmup_cosine
 
@@ -61,7 +61,7 @@ class Session:
     scheduler: torch.optim.lr_scheduler.LambdaLR
     scaler: torch.amp.GradScaler
     dtype: torch.dtype | None
-    augment: TokenMasker | None
+    augment: TextAugmentation | None
     average: WeightAverage | None
     steps_per_epoch: int
     device: torch.device = torch.device("cpu")
@@ -110,13 +110,7 @@ def prepare(cfg: Config, device: torch.device) -> Session:
 
     if cfg.train.gradient_checkpointing:
         model.enable_gradient_checkpointing()
-    augment = None
-    if ("text" in cfg.model.modalities and cfg.train.token_mask_samples > 0 and cfg.train.token_mask_prob > 0
-            and not cfg.data.embeddings_dir):  # vectors have no tokens to mask
-        from encoders.text import load_tokenizer
-
-        augment = TokenMasker(load_tokenizer(cfg.preprocess.text.model), cfg.train.token_mask_prob,
-                              cfg.train.token_mask_samples)
+    augment = build_augmentation(cfg, caches["train"])
 
     steps_per_epoch = len(loaders["train"])
     if cfg.train.max_steps_per_epoch:

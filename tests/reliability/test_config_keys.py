@@ -65,6 +65,9 @@ TRAIN_COVERED_ELSEWHERE = {
     "device": "tests/pipeline/train/test_train.py::test_fp16_on_the_cpu_is_one_line_before_any_cache_or_model",
     "dist_timeout_minutes": "tests/reliability/test_rank_failure.py",
     "log_every": "tests/pipeline/train/test_loops.py",
+    "synonym_replace_samples": "tests/pipeline/train/test_synonyms.py::test_the_share_of_words_and_samples_and_the_seed",
+    "synonym_replace_prob": "tests/pipeline/train/test_synonyms.py::test_the_share_of_words_and_samples_and_the_seed",
+    "wordnet_dir": "tests/pipeline/train/test_synonyms.py::test_training_replaces_words_and_says_how_many",
 }
 STEPS = ["train.epochs=1", "train.max_steps_per_epoch=2", "train.early_stopping_patience=0", "data.test_split="]
 

@@ -23,7 +23,8 @@ from pipeline.media.faces import MTCNN, detector
 from pipeline.model import MultimodalModel, build_model, load_checkpoint
 from pipeline.train.checkpoint import rng_state, set_rng_state
 from pipeline.train.cli import main
-from pipeline.train.loops import TokenMasker, evaluate
+from pipeline.train.augment import TokenMasker
+from pipeline.train.loops import evaluate
 from pipeline.train.losses import build_loss
 from pipeline.train.optim import param_groups, warmup_cosine
 from pipeline.train.session import prepare, split_labels
