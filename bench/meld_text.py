@@ -3,7 +3,8 @@
     python bench/meld_text.py --meld-csv-dir $MELD_ROOT [--work-dir runs/bench_meld_text]
         [--epochs 3] [--context-epochs 3] [--sweep-epochs 1] [--max-train N] [--context-turns 2]
         [--context-max-length 96] [--weighting sqrt_inverse] [--runs plain,context,sweep]
-        [--config configs/meld_text.yaml] [--threads N] [--quick] [key=value ...]
+        [--config configs/meld_text.yaml] [--seeds 0,1,2] [--holdout 0.1] [--no-test] [--threads N] [--quick]
+        [key=value ...]
 
 Needs MELD's ``train_sent_emo.csv`` and ``dev_sent_emo.csv``, and reads ``test_sent_emo.csv``
 when the folder has it. Builds text-only caches
@@ -38,11 +39,13 @@ if __name__ == "__main__":  # `python bench/x.py` puts bench/ first on sys.path,
     sys.path[0] = str(Path(__file__).resolve().parents[1])  # would shadow the fusion package
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import logging
 import math
 import shutil
+import statistics
 import time
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -67,6 +70,7 @@ class Run:
     context_turns: int
     weighting: str
     epochs: int
+    seed: int | None = None  # None: the config's train.seed
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -100,6 +104,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: 1 epoch of 640 utterances per run unless given (figures meaningless)")
     common.add_selection_args(parser)
+    parser.add_argument("--seeds", default="",
+                        help="comma-separated train.seed values: every run once per seed, and the table's last "
+                             "lines give each run's mean and spread (default: the config's seed, once)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for every run")
     args = parser.parse_args(argv)
     args.epochs = args.epochs or (1 if args.quick else 3)
@@ -121,7 +128,8 @@ def runs_of(args: argparse.Namespace) -> list[Run]:
                         args.context_epochs))
     if args.sweep and "sweep" in chosen:
         runs += [Run(f"weighting {weighting}", 0, weighting, args.sweep_epochs) for weighting in WEIGHTINGS]
-    return runs
+    seeds = [int(seed) for seed in args.seeds.split(",") if seed.strip()]
+    return [dataclasses.replace(run, seed=seed) for run in runs for seed in seeds] if seeds else runs
 
 
 # --------------------------------------------------------------------------- caches
@@ -149,7 +157,7 @@ def build_cache(args: argparse.Namespace, context_turns: int) -> Path:
 # --------------------------------------------------------------------------- training
 def train_run(run: Run, args: argparse.Namespace, cache_dir: Path) -> dict[str, Any]:
     """Fine-tune one run with pipeline.train (fresh run folder); its best epoch's dev figures."""
-    out_dir = args.work_dir / "runs" / run.name.replace(" ", "_")
+    out_dir = args.work_dir / "runs" / (run.name.replace(" ", "_") + ("" if run.seed is None else f"_seed{run.seed}"))
     if out_dir.exists():
         shutil.rmtree(out_dir)
     batch_size = load_config(args.config, args.overrides).train.batch_size
@@ -157,6 +165,7 @@ def train_run(run: Run, args: argparse.Namespace, cache_dir: Path) -> dict[str, 
     overrides = [*text_overrides(args, run.context_turns), f"data.cache_dir={cache_dir}",
                  f"output_dir={out_dir}", f"train.epochs={run.epochs}", f"train.class_weighting={run.weighting}",
                  f"train.max_steps_per_epoch={steps}", "train.device=cpu", "data.num_workers=0",
+                 *([] if run.seed is None else [f"train.seed={run.seed}"]),
                  *common.selection_overrides(args, cache_dir),
                  *(item for item in args.overrides if not item.startswith("preprocess."))]
     started = time.perf_counter()
@@ -177,6 +186,29 @@ def train_run(run: Run, args: argparse.Namespace, cache_dir: Path) -> dict[str, 
 
 
 # --------------------------------------------------------------------------- report
+def label(run: Run) -> str:
+    return run.name if run.seed is None else f"{run.name}, seed {run.seed}"
+
+
+def seed_summary(rows: list[dict[str, Any]]) -> list[str]:
+    """For each run repeated over seeds: the mean and sample standard deviation of its
+    weighted F1 on dev (and on the held-out dialogues and test where scored)."""
+    lines = []
+    for name in dict.fromkeys(row["run"].name for row in rows if row["run"].seed is not None):
+        mine = [row for row in rows if row["run"].name == name and row["run"].seed is not None]
+        if len(mine) < 2:
+            continue
+        parts = []
+        for what, values in (("dev", [row["weighted_f1"] for row in mine]),
+                             ("held-out", [row["holdout"]["weighted_f1"] for row in mine if row["holdout"]]),
+                             ("test", [row["test"]["weighted_f1"] for row in mine if row["test"]])):
+            if len(values) == len(mine):
+                parts.append(f"{what} {statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}")
+        seeds = ", ".join(str(row["run"].seed) for row in mine)
+        lines.append(f"{name}, seeds {seeds}: weighted F1 mean ± standard deviation: {'; '.join(parts)}")
+    return ["", *lines] if lines else []
+
+
 def table(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
     cfg = load_config(args.config, args.overrides)
     encoder = cfg.model.encoders["text"]
@@ -195,16 +227,17 @@ def table(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
     header = ["run", "context turns", "class weighting", "epochs", "train utterances / epoch", "dev accuracy",
               "dev weighted F1", "dev macro F1", "fear F1", "disgust F1", "held-out weighted F1",
               "test weighted F1", "test macro F1", "best epoch", "minutes", "minutes per epoch"]
-    cells = ([row["run"].name, row["run"].context_turns, row["run"].weighting, row["run"].epochs, row["samples"],
+    cells = ([label(row["run"]), row["run"].context_turns, row["run"].weighting, row["run"].epochs, row["samples"],
               *(f"{row[key]:.3f}" for key in ("accuracy", "weighted_f1", "macro_f1", "fear", "disgust")),
               f"{row['holdout']['weighted_f1']:.3f}" if row["holdout"] else "-",
               *((f"{row['test'][key]:.3f}" for key in ("weighted_f1", "macro_f1")) if row["test"] else ("-", "-")),
               row["best_epoch"], f"{row['minutes']:.1f}", f"{row['minutes'] / row['run'].epochs:.1f}"]
              for row in rows)
     lines += common.markdown_table(header, cells, "lrlrrrrrrrrrrrrr")
+    lines += seed_summary(rows)
     tested = sum(row["test"] is not None for row in rows)
     lines += ["", f"Per-class F1 (dev{'/test' if tested else ''}), each run's best epoch on dev:",
-              *common.per_class_lines((row["run"].name, row["dev"], row["test"]) for row in rows), "",
+              *common.per_class_lines((label(row["run"]), row["dev"], row["test"]) for row in rows), "",
               f"Test evaluations made by this command: {tested} (each run's dev-chosen best.pt, once)."]
     return "\n".join(lines)
 

@@ -99,3 +99,22 @@ def test_choosing_settings_holds_out_train_dialogues_and_never_reads_test(tmp_pa
     assert row["holdout"]["weighted_f1"] == metrics["best_holdout"]
     out = capsys.readouterr().out
     assert "held-out weighted F1" in out and "Test evaluations made by this command: 0" in out
+
+
+def test_seeds_repeat_each_run_and_the_table_gives_their_mean_and_spread(tmp_path, tiny_text_model, capsys):
+    import yaml
+
+    write_csvs(tmp_path / "meld", test=False)
+    bench = load_bench("meld_text")
+    rows = bench.main(["--meld-csv-dir", str(tmp_path / "meld"), "--work-dir", str(tmp_path / "work"), "--quick",
+                       "--runs", "plain", "--max-train", "8", "--workers", "1", "--max-length", "16",
+                       "--seeds", "3,4", f"preprocess.text.model={tiny_text_model}", "train.batch_size=4"])
+    assert [(row["run"].name, row["run"].seed) for row in rows] == [("no context", 3), ("no context", 4)]
+    for seed in (3, 4):
+        saved = yaml.safe_load((tmp_path / "work" / "runs" / f"no_context_seed{seed}" / "config.yaml").read_text())
+        assert saved["train"]["seed"] == seed
+    scores = np.array([row["weighted_f1"] for row in rows])
+    out = capsys.readouterr().out
+    assert "| no context, seed 3 |" in out and "| no context, seed 4 |" in out
+    assert (f"no context, seeds 3, 4: weighted F1 mean ± standard deviation: dev {scores.mean():.4f} ± "
+            f"{scores.std(ddof=1):.4f}") in out
