@@ -186,6 +186,11 @@ class TrainConfig:
     synonym_replace_samples: float = 0.0
     synonym_replace_prob: float = 0.15
     wordnet_dir: str = "/usr/share/wordnet"
+    # distillation: teacher checkpoints (their probabilities averaged), the softening temperature
+    # and the share of the loss that follows the teacher instead of the labels
+    distill_from: list[str] | str = field(default_factory=list)  # one path, or a list
+    distill_temperature: float = 2.0
+    distill_alpha: float = 0.5
     gradient_checkpointing: bool = False
     ema_decay: float = 0.0  # 0 = off; e.g. 0.995: validate, checkpoint and infer with an EMA of the weights
     seed: int = 0
@@ -226,6 +231,12 @@ class TrainConfig:
         require(0 <= self.synonym_replace_samples <= 1, "synonym_replace_samples", "must be in [0, 1] (0 = off)")
         require(0 < self.synonym_replace_prob <= 1, "synonym_replace_prob", "must be in (0, 1]")
         require(self.log_every >= 1, "log_every", "must be >= 1")
+        if isinstance(self.distill_from, str):
+            self.distill_from = [self.distill_from] if self.distill_from.strip() else []
+        require(self.distill_temperature > 0, "distill_temperature", "must be > 0")
+        require(0 <= self.distill_alpha <= 1, "distill_alpha", "must be in [0, 1]")
+        require(all(str(path).strip() for path in self.distill_from), "distill_from",
+                "must name checkpoint files (RUN/best.pt)")
         require(self.dist_timeout_minutes > 0, "dist_timeout_minutes", "must be > 0")
         require(re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device) is not None, "device",
                 f"must be auto, cpu, cuda or cuda:N, got {self.device!r}")

@@ -129,7 +129,8 @@ def collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
     audio {log_mel Float[B,T,n_mels], lengths Long[B] (frames), mask Bool[B]; and where the
            cache stores it waveform Float[B,S] (16 kHz), waveform_lengths Long[B] (samples)}
     video {frames Uint8[B,N,3,H,W], mask Bool[B]}
-    labels {emotion Long[B], sentiment Long[B], regression Float[B,K]}
+    labels {emotion Long[B], sentiment Long[B], regression Float[B,K]; with a teacher's
+           probabilities also teacher_emotion Float[B,7], teacher_sentiment Float[B,3]}
     dialogue {index Long[B], turn Long[B], speaker Long[B]}  (when the items carry ``dialogue``)
     <modality> {embedding Float[B,D], mask Bool[B]}  (items of pipeline.data.embeddings.EmbeddedDataset)
     """
@@ -141,6 +142,9 @@ def collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
             "regression": torch.stack([item["labels"]["regression"] for item in items]),
         },
     }
+    for key in ("teacher_emotion", "teacher_sentiment"):  # a distilled run's soft targets
+        if key in items[0]["labels"]:
+            batch["labels"][key] = torch.stack([item["labels"][key] for item in items])
     if "dialogue" in items[0]:
         batch["dialogue"] = positions([item["dialogue"] for item in items])
     embedded = {m for m in MODALITIES if m in items[0] and "embedding" in items[0][m]}  # vectors of pipeline.embed

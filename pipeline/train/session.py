@@ -20,9 +20,10 @@ from pipeline.data.holdout import hold_out
 from pipeline.execution import amp_dtype
 from pipeline.model import MultimodalModel, build_model, check_text_length
 from pipeline.train import distributed as dist
-from pipeline.train.loading import evaluation_order, make_loader, open_embedded, open_split, training_order
 from pipeline.train.augment import TextAugmentation, build_augmentation
+from pipeline.train.loading import evaluation_order, make_loader, open_embedded, open_split, training_order
 from pipeline.train.losses import MultitaskLoss, build_loss
+from pipeline.train.losses.teacher import WithTeacher, teacher_targets
 from pipeline.train.optim import WeightAverage, param_groups, warmup_cosine
 
 log = logging.getLogger(__name__)
@@ -101,6 +102,10 @@ def prepare(cfg: Config, device: torch.device) -> Session:
         except ValueError as err:
             raise ConfigError(str(err)) from None
     model = model.to(device)
+    if cfg.train.distill_from:  # every rank computes them (or reads them), rank 0 stores them
+        with torch.random.fork_rng(devices=[]):  # the teachers draw nothing from the run's random state
+            targets = teacher_targets(cfg, Path(cfg.output_dir), device, save=dist.is_main_process())
+        datasets["train"] = WithTeacher(datasets["train"], targets)
     emotion, sentiment, regression = split_labels(datasets["train"])
     train_sampler = training_order(datasets["train"], emotion, cfg, model)
     loaders = {"train": make_loader(datasets["train"], train_sampler, cfg, device)}

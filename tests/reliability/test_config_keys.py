@@ -68,6 +68,12 @@ TRAIN_COVERED_ELSEWHERE = {
     "synonym_replace_samples": "tests/pipeline/train/test_synonyms.py::test_the_share_of_words_and_samples_and_the_seed",
     "synonym_replace_prob": "tests/pipeline/train/test_synonyms.py::test_the_share_of_words_and_samples_and_the_seed",
     "wordnet_dir": "tests/pipeline/train/test_synonyms.py::test_training_replaces_words_and_says_how_many",
+    "distill_from": "tests/pipeline/train/test_distill.py::"
+                    "test_a_student_learns_from_the_teachers_averaged_probabilities_computed_once",
+    "distill_temperature": "tests/pipeline/train/test_distill.py::"
+                           "test_the_loss_mixes_the_labels_loss_with_t_squared_times_the_kl_to_the_teacher",
+    "distill_alpha": "tests/pipeline/train/test_distill.py::"
+                     "test_the_loss_mixes_the_labels_loss_with_t_squared_times_the_kl_to_the_teacher",
 }
 STEPS = ["train.epochs=1", "train.max_steps_per_epoch=2", "train.early_stopping_patience=0", "data.test_split="]
 

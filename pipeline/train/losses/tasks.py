@@ -2,6 +2,13 @@
 with optional density weighting for regression, summed with per-task weights plus the
 head's auxiliary loss (e.g. the MoE load-balancing term).
 
+Distillation (``train.distill_from``): where a batch's labels carry a teacher's probabilities
+(``teacher_emotion`` [B,7], ``teacher_sentiment`` [B,3], NaN rows for samples the teacher did
+not score), a classification task's loss is ``(1 - alpha) * label loss + alpha * T^2 *
+KL(teacher || softmax(logits / T))`` (Hinton et al. 2015: T^2 keeps the gradient scale of the
+soft part when T changes), with ``T`` = ``train.distill_temperature`` and ``alpha`` =
+``train.distill_alpha``.
+
 Every per-sample loss is averaged as ``sum(weight_i * loss_i) / n_labelled``, not divided by
 the sum of the weights: the weights are normalised so their mean over the training samples
 is 1, which keeps the loss scale of the unweighted loss, and the plain average makes the
@@ -123,6 +130,16 @@ def regression_loss(predictions: torch.Tensor, targets: torch.Tensor, kind: str,
     return (loss * valid).sum() / valid.sum().clamp(min=1)
 
 
+def distillation_loss(logits: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``T^2 * KL(teacher || softmax(logits / T))``, the mean over the samples whose teacher
+    row ``teacher`` [B,C] is known (not NaN); 0 (still tied to ``logits``) when none is."""
+    known = ~torch.isnan(teacher).any(dim=1)
+    if not bool(known.any()):
+        return logits.sum() * 0.0
+    log_student = F.log_softmax(logits[known].float() / temperature, dim=-1)
+    return F.kl_div(log_student, teacher[known].float(), reduction="batchmean") * temperature ** 2
+
+
 class MultitaskLoss(nn.Module):
     """Weighted sum of the task losses and the head's ``aux_loss``.
 
@@ -139,6 +156,7 @@ class MultitaskLoss(nn.Module):
         self.regression_kind = cfg.regression_loss
         self.huber_delta = cfg.huber_delta
         self.density = density
+        self.distill_alpha, self.distill_temperature = cfg.distill_alpha, cfg.distill_temperature
         for task, weights in (class_weights or {}).items():
             self.register_buffer(f"{task}_weight", torch.tensor(weights, dtype=torch.float32))
 
@@ -156,6 +174,10 @@ class MultitaskLoss(nn.Module):
             if task in outputs and task in labels:
                 loss = classification_loss(outputs[task], labels[task], getattr(self, f"{task}_weight", None),
                                            self.focal_gamma, self.label_smoothing)
+                if f"teacher_{task}" in labels:
+                    soft = distillation_loss(outputs[task], labels[f"teacher_{task}"], self.distill_temperature)
+                    parts[f"distill_{task}"] = soft.detach()
+                    loss = (1 - self.distill_alpha) * loss + self.distill_alpha * soft
                 total = total + self.task_weights.get(task, 0.0) * loss
                 parts[task] = loss.detach()
         if "regression" in outputs and "regression" in labels:
