@@ -24,8 +24,9 @@ apt_install() {
 if ! command -v ffmpeg >/dev/null || ! command -v ffprobe >/dev/null || ! command -v espeak-ng >/dev/null; then
     apt_install ffmpeg espeak-ng
 fi
-if [ ! -f /usr/share/wordnet/index.noun ]; then
-    apt_install wordnet-base
+if [ ! -f /usr/share/wordnet/index.noun ]; then  # only synonym replacement reads it: a failure is a warning
+    apt_install wordnet-base || echo "warning: wordnet-base did not install; train.synonym_replace_samples needs a" \
+        "WordNet 3.0 folder (train.wordnet_dir)" >&2
 fi
 
 if [ -n "${PYTHON:-}" ]; then
