@@ -32,6 +32,7 @@ from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
 from pipeline.config import ConfigError, TextFeatures
 from pipeline.data import meld
+from pipeline.data.dataset import pad_stack
 from pipeline.media.text import Utterance, text_arrays
 from pipeline.train.augment.wordnet import WordNet
 
@@ -134,9 +135,4 @@ def repadded(text: Mapping[str, torch.Tensor], remade: Mapping[int, Mapping[str,
     rows = {key: [torch.from_numpy(remade[i][key].astype(np.int64)) if i in remade else text[key][i, :lengths[i]]
                   for i in range(len(lengths))] for key in keys}
     width = max(len(row) for row in rows["input_ids"])
-    out = dict(text)
-    for key in keys:
-        out[key] = torch.zeros(len(lengths), width, dtype=text[key].dtype)
-        for i, row in enumerate(rows[key]):
-            out[key][i, :len(row)] = row
-    return out
+    return {**text, **{key: pad_stack(rows[key], width) for key in keys}}

@@ -72,7 +72,7 @@ class WordNet:
 
     def count(self, synset: Any, word: str) -> int:
         """How often ``synset`` is tagged as ``word`` (its lemma of that name, or its base form)."""
-        names = {word, *(self.reader.morphy(word, synset.pos()) or word,)}
+        names = {word, self.reader.morphy(word, synset.pos()) or word}
         return sum(lemma.count() for lemma in synset.lemmas() if lemma.name().lower() in names)
 
     def synonyms(self, word: str) -> tuple[str, ...]:
